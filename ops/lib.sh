@@ -1,0 +1,40 @@
+# Shell helpers shared by ops/test.sh and ops/up.sh. Sourced, not run.
+
+step() {
+  printf '\n==> %s\n' "$*" >&2
+}
+
+# Installs the Debian packages that are missing (needs root when any is).
+ensure_debian_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: missing Debian packages: ${missing[*]}; run as root or install them first" >&2
+    return 1
+  fi
+  step "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Checks for a Rust toolchain new enough for the workspace (edition 2024, rust-version in Cargo.toml).
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: no Rust toolchain found; install Rust 1.95 or newer (https://rustup.rs), then run this again" >&2
+    return 1
+  fi
+  local want have
+  want=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+  have=$(rustc --version | cut -d' ' -f2)
+  if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1)" != "$want" ]; then
+    echo "error: Rust $have is older than the $want this workspace needs; run \`rustup update\`" >&2
+    return 1
+  fi
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    step "rustup component add rustfmt clippy"
+    rustup component add rustfmt clippy
+  fi
+}

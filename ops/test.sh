@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole spacedock test suite on a Debian machine: installs the system packages it needs (as root),
+# then `cargo fmt --check`, clippy with warnings as errors, a build of every binary, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=ops/lib.sh
+. ops/lib.sh
+
+ensure_debian_packages protobuf-compiler build-essential git ca-certificates
+ensure_rust
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build (binaries used by cluster-tests)"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,488 @@
+//! The wire protocol between roles: versioned rkyv messages in length-prefixed frames, sans-IO.
+//!
+//! A frame is `[length: u32 BE][kind: u16 BE][payload]`, where `length` counts the kind and the payload and never
+//! exceeds the reader's maximum. The payload is the rkyv archive of the message struct for that kind; it is
+//! validated (rkyv's checked access) before use, so untrusted bytes give an error, never a panic.
+//! A connection opens with `Hello` from the dialer and `Welcome` (or `Refused`) from the listener, which picks the
+//! highest protocol version both support. Kinds are append-only: a new message gets a new number, and a reader
+//! that does not know a kind answers `UnknownKind` instead of guessing.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Bytes before the payload: length (4) and kind (2).
+pub const HEADER_BYTES: usize = 6;
+/// Default largest frame (length field) a reader accepts.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 << 20;
+
+/// Why bytes could not be read or written as messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: u64, max: u32 },
+    #[error("frame length {len} is too short to hold a message kind")]
+    FrameTooShort { len: u32 },
+    #[error("unknown message kind {kind}")]
+    UnknownKind { kind: u16 },
+    #[error("malformed {kind} message: {reason}")]
+    Malformed { kind: &'static str, reason: String },
+    #[error(
+        "no common protocol version: we speak {ours_min}..={ours_max}, the peer {theirs_min}..={theirs_max}"
+    )]
+    NoCommonVersion {
+        ours_min: u16,
+        ours_max: u16,
+        theirs_min: u16,
+        theirs_max: u16,
+    },
+    #[error("could not encode {kind} message: {reason}")]
+    Encode { kind: &'static str, reason: String },
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated { buffered: usize },
+}
+
+/// What a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Role {
+    Coordinator,
+    Agent,
+    Builder,
+    Cli,
+}
+
+/// Stable codes for refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum RefuseCode {
+    /// No protocol version in common.
+    VersionMismatch,
+    /// The credentials were missing, wrong, expired or revoked.
+    Unauthorized,
+    /// The peer sent something this side cannot accept.
+    BadRequest,
+    /// This coordinator is not the leader; the message names the leader where known.
+    NotLeader,
+}
+
+/// First message on a connection, from the dialer.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub role: Role,
+    /// The dialer's software version (`spacedock-agent 0.1.0`), for logs.
+    pub software: String,
+    /// The node or process name, for logs.
+    pub name: String,
+}
+
+/// The listener's answer to an acceptable `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Welcome {
+    /// The protocol version both sides use from here on.
+    pub version: u16,
+    pub software: String,
+}
+
+/// The listener's answer to an unacceptable message; the connection closes after it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Refused {
+    pub code: RefuseCode,
+    pub message: String,
+}
+
+/// Liveness probe; the peer answers with `HeartbeatAck` carrying the same `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+}
+
+/// Answer to `Heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct HeartbeatAck {
+    pub seq: u64,
+}
+
+macro_rules! messages {
+    ($($kind:literal => $variant:ident),+ $(,)?) => {
+        /// Every message, by kind number. Numbers are never reused or renumbered.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Message { $($variant($variant)),+ }
+
+        impl Message {
+            /// The kind number written in the frame header.
+            pub fn kind(&self) -> u16 {
+                match self { $(Message::$variant(_) => $kind),+ }
+            }
+
+            /// The message's name, for logs and errors.
+            pub fn name(&self) -> &'static str {
+                match self { $(Message::$variant(_) => stringify!($variant)),+ }
+            }
+
+            fn payload(&self) -> Result<AlignedVec, WireError> {
+                let result = match self {
+                    $(Message::$variant(m) => rkyv::to_bytes::<rancor::Error>(m)),+
+                };
+                result.map_err(|e| WireError::Encode { kind: self.name(), reason: e.to_string() })
+            }
+
+            /// Decodes and validates a payload of the given kind.
+            pub fn decode(kind: u16, payload: &[u8]) -> Result<Message, WireError> {
+                let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
+                aligned.extend_from_slice(payload);
+                match kind {
+                    $($kind => rkyv::from_bytes::<$variant, rancor::Error>(&aligned)
+                        .map(Message::$variant)
+                        .map_err(|e| WireError::Malformed { kind: stringify!($variant), reason: e.to_string() }),)+
+                    _ => Err(WireError::UnknownKind { kind }),
+                }
+            }
+        }
+
+        $(impl From<$variant> for Message {
+            fn from(m: $variant) -> Message { Message::$variant(m) }
+        })+
+    };
+}
+
+messages! {
+    1 => Hello,
+    2 => Welcome,
+    3 => Refused,
+    4 => Heartbeat,
+    5 => HeartbeatAck,
+}
+
+/// Encodes a message as one frame.
+pub fn encode(message: &Message) -> Result<Vec<u8>, WireError> {
+    let payload = message.payload()?;
+    let len = u32::try_from(payload.len() + 2).map_err(|_| WireError::Encode {
+        kind: message.name(),
+        reason: "payload over 4 GiB".into(),
+    })?;
+    let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&message.kind().to_be_bytes());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+/// Splits a byte stream into frames. Feed it bytes as they arrive; it never holds more than one frame
+/// beyond what was fed, and refuses a frame whose header announces more than `max_frame_bytes`.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_frame_bytes: u32,
+}
+
+impl FrameDecoder {
+    pub fn new(max_frame_bytes: u32) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max_frame_bytes,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, `None` if more bytes are needed. After an error the stream is unusable.
+    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
+        let Some(header) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*header);
+        if len > self.max_frame_bytes {
+            return Err(WireError::FrameTooLarge {
+                len: u64::from(len),
+                max: self.max_frame_bytes,
+            });
+        }
+        if len < 2 {
+            return Err(WireError::FrameTooShort { len });
+        }
+        let total = 4 + len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let kind = u16::from_be_bytes([self.buf[4], self.buf[5]]);
+        let result = Message::decode(kind, &self.buf[HEADER_BYTES..total]);
+        self.buf.drain(..total);
+        result.map(Some)
+    }
+
+    /// Call at end of stream: an error if a partial frame is left.
+    pub fn finish(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Truncated {
+                buffered: self.buf.len(),
+            })
+        }
+    }
+}
+
+/// Picks the protocol version for a connection, or explains why there is none.
+pub fn negotiate(ours_min: u16, ours_max: u16, hello: &Hello) -> Result<u16, WireError> {
+    let version = ours_max.min(hello.max_version);
+    if version < ours_min.max(hello.min_version) || hello.min_version > hello.max_version {
+        return Err(WireError::NoCommonVersion {
+            ours_min,
+            ours_max,
+            theirs_min: hello.min_version,
+            theirs_max: hello.max_version,
+        });
+    }
+    Ok(version)
+}
+
+/// The listener's side of the opening exchange: the answer to send, and the version when it is accepted.
+pub fn answer_hello(hello: &Hello, software: &str) -> (Message, Option<u16>) {
+    match negotiate(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, hello) {
+        Ok(version) => (
+            Welcome {
+                version,
+                software: software.into(),
+            }
+            .into(),
+            Some(version),
+        ),
+        Err(e) => (
+            Refused {
+                code: RefuseCode::VersionMismatch,
+                message: e.to_string(),
+            }
+            .into(),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello(min: u16, max: u16) -> Hello {
+        Hello {
+            min_version: min,
+            max_version: max,
+            role: Role::Agent,
+            software: "t".into(),
+            name: "n".into(),
+        }
+    }
+
+    fn round_trip(m: &Message) -> Message {
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        d.push(&encode(m).unwrap());
+        let got = d.next_message().unwrap().unwrap();
+        d.finish().unwrap();
+        got
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let all: Vec<Message> = vec![
+            hello(1, 3).into(),
+            Welcome {
+                version: 1,
+                software: "spacedock-coordinator 0.1.0".into(),
+            }
+            .into(),
+            Refused {
+                code: RefuseCode::NotLeader,
+                message: "leader is 2".into(),
+            }
+            .into(),
+            Heartbeat { seq: u64::MAX }.into(),
+            HeartbeatAck { seq: 7 }.into(),
+        ];
+        for m in &all {
+            assert_eq!(&round_trip(m), m);
+        }
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        assert_eq!(negotiate(1, 3, &hello(2, 5)), Ok(3));
+        assert_eq!(negotiate(1, 3, &hello(1, 1)), Ok(1));
+        assert!(matches!(
+            negotiate(1, 3, &hello(4, 6)),
+            Err(WireError::NoCommonVersion { .. })
+        ));
+        assert!(matches!(
+            negotiate(2, 3, &hello(1, 1)),
+            Err(WireError::NoCommonVersion { .. })
+        ));
+        assert!(matches!(
+            negotiate(1, 3, &hello(3, 2)),
+            Err(WireError::NoCommonVersion { .. })
+        ));
+        let (answer, version) = answer_hello(&hello(9, 9), "x");
+        assert_eq!(version, None);
+        let Message::Refused(r) = answer else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(r.code, RefuseCode::VersionMismatch);
+        assert!(r.message.contains("9..=9"), "{}", r.message);
+    }
+
+    #[test]
+    fn unknown_kinds_are_rejected() {
+        let mut frame = encode(&Heartbeat { seq: 1 }.into()).unwrap();
+        frame[4..6].copy_from_slice(&999u16.to_be_bytes());
+        let mut d = FrameDecoder::new(1024);
+        d.push(&frame);
+        assert_eq!(d.next_message(), Err(WireError::UnknownKind { kind: 999 }));
+    }
+
+    #[test]
+    fn oversized_frames_are_rejected_from_the_header() {
+        let mut d = FrameDecoder::new(1024);
+        d.push(&(1025u32).to_be_bytes());
+        assert_eq!(
+            d.next_message(),
+            Err(WireError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            })
+        );
+        let mut d = FrameDecoder::new(1024);
+        d.push(&1u32.to_be_bytes());
+        assert_eq!(d.next_message(), Err(WireError::FrameTooShort { len: 1 }));
+    }
+
+    #[test]
+    fn wrong_kind_for_payload_is_malformed() {
+        let mut frame = encode(&Heartbeat { seq: 1 }.into()).unwrap();
+        frame[4..6].copy_from_slice(&1u16.to_be_bytes());
+        let mut d = FrameDecoder::new(1024);
+        d.push(&frame);
+        assert!(matches!(
+            d.next_message(),
+            Err(WireError::Malformed { kind: "Hello", .. })
+        ));
+    }
+
+    #[test]
+    fn frames_arrive_in_pieces() {
+        let messages: Vec<Message> = (0..20).map(|seq| Heartbeat { seq }.into()).collect();
+        let bytes: Vec<u8> = messages.iter().flat_map(|m| encode(m).unwrap()).collect();
+        let mut d = FrameDecoder::new(1024);
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(3) {
+            d.push(chunk);
+            while let Some(m) = d.next_message().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, messages);
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn truncation_is_detected_at_end_of_stream() {
+        let frame = encode(&hello(1, 1).into()).unwrap();
+        let mut d = FrameDecoder::new(1024);
+        d.push(&frame[..frame.len() - 1]);
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(
+            d.finish(),
+            Err(WireError::Truncated {
+                buffered: frame.len() - 1
+            })
+        );
+    }
+
+    fn any_role() -> impl Strategy<Value = Role> {
+        prop_oneof![
+            Just(Role::Coordinator),
+            Just(Role::Agent),
+            Just(Role::Builder),
+            Just(Role::Cli)
+        ]
+    }
+
+    fn any_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u16>(), any::<u16>(), any_role(), ".{0,40}", ".{0,40}").prop_map(
+                |(min_version, max_version, role, software, name)| {
+                    Hello {
+                        min_version,
+                        max_version,
+                        role,
+                        software,
+                        name,
+                    }
+                    .into()
+                }
+            ),
+            (any::<u16>(), ".{0,40}")
+                .prop_map(|(version, software)| Welcome { version, software }.into()),
+            ".{0,200}".prop_map(|message| Refused {
+                code: RefuseCode::BadRequest,
+                message
+            }
+            .into()),
+            any::<u64>().prop_map(|seq| Heartbeat { seq }.into()),
+            any::<u64>().prop_map(|seq| HeartbeatAck { seq }.into()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_messages_round_trip(m in any_message()) {
+            prop_assert_eq!(round_trip(&m), m);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut d = FrameDecoder::new(256);
+            d.push(&bytes);
+            for _ in 0..bytes.len() {
+                match d.next_message() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn random_payloads_of_every_kind_never_panic(kind in 0u16..8, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Message::decode(kind, &payload);
+        }
+
+        #[test]
+        fn corrupted_frames_never_panic(m in any_message(), idx in any::<usize>(), byte in any::<u8>()) {
+            let mut frame = encode(&m).unwrap();
+            let i = idx % frame.len();
+            frame[i] = byte;
+            let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+            d.push(&frame);
+            let _ = d.next_message();
+        }
+
+        #[test]
+        fn truncated_frames_wait_for_more(m in any_message(), cut in any::<usize>()) {
+            let frame = encode(&m).unwrap();
+            let cut = cut % frame.len();
+            let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+            d.push(&frame[..cut]);
+            prop_assert_eq!(d.next_message(), Ok(None));
+            d.push(&frame[cut..]);
+            prop_assert_eq!(d.next_message(), Ok(Some(m)));
+        }
+    }
+}
