@@ -3,6 +3,8 @@
 //! The binaries come from `cargo build --workspace --bins` (ops/test.sh does it first). A missing binary fails the
 //! test with that instruction; nothing is skipped.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a test harness: panics are how tests fail
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

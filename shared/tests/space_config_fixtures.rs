@@ -3,6 +3,8 @@
 //! An `.expect` file lists every problem the README must produce, one per line: `SEVERITY LINE KEY | message part`.
 //! The problems reported must be exactly those (same severity, line and key), each message containing its part.
 
+#![allow(clippy::unwrap_used)] // test helpers: panics are how tests fail
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
