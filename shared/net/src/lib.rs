@@ -1,0 +1,174 @@
+//! The wire protocol on real streams: framed messages over any async byte stream (QUIC streams in production),
+//! and the opening handshake that negotiates the protocol version.
+//!
+//! The framing and negotiation rules live in `spacedock_shared::wire`, free of IO; this crate only moves bytes.
+
+use std::time::Duration;
+
+use spacedock_shared::wire::{
+    self, FrameDecoder, Hello, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Refused, Role,
+    Welcome, WireError,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why a stream could not carry messages.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the stream before {0}")]
+    Closed(&'static str),
+    #[error("the peer refused the connection ({code:?}): {message}")]
+    Refused {
+        code: wire::RefuseCode,
+        message: String,
+    },
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Reads messages from a byte stream, holding at most one frame (bounded by `max_frame_bytes`).
+#[derive(Debug)]
+pub struct FramedReader<R> {
+    inner: R,
+    decoder: FrameDecoder,
+}
+
+impl<R: AsyncRead + Unpin> FramedReader<R> {
+    pub fn new(inner: R, max_frame_bytes: u32) -> Self {
+        FramedReader {
+            inner,
+            decoder: FrameDecoder::new(max_frame_bytes),
+        }
+    }
+
+    /// The next message; `None` when the stream ended cleanly between frames.
+    pub async fn recv(&mut self) -> Result<Option<Message>, NetError> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(message) = self.decoder.next_message()? {
+                return Ok(Some(message));
+            }
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+            self.decoder.push(&chunk[..n]);
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+/// Writes one message as a frame.
+pub async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &Message,
+) -> Result<(), NetError> {
+    let frame = wire::encode(message)?;
+    writer.write_all(&frame).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// The dialer's side of the opening exchange: sends `Hello`, returns the listener's `Welcome`.
+pub async fn dial_handshake<R, W>(
+    reader: &mut FramedReader<R>,
+    writer: &mut W,
+    role: Role,
+    software: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Welcome, NetError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let hello = Hello {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        role,
+        software: software.into(),
+        name: name.into(),
+    };
+    send(writer, &hello.into()).await?;
+    let answer = tokio::time::timeout(timeout, reader.recv())
+        .await
+        .map_err(|_| NetError::TimedOut(timeout))??;
+    match answer {
+        Some(Message::Welcome(welcome)) => Ok(welcome),
+        Some(Message::Refused(Refused { code, message })) => {
+            Err(NetError::Refused { code, message })
+        }
+        Some(other) => Err(NetError::Unexpected {
+            expected: "Welcome",
+            got: other.name(),
+        }),
+        None => Err(NetError::Closed("answering Hello")),
+    }
+}
+
+/// The listener's side: reads `Hello`, answers `Welcome` with the negotiated version, or `Refused` and an error.
+pub async fn accept_handshake<R, W>(
+    reader: &mut FramedReader<R>,
+    writer: &mut W,
+    software: &str,
+    timeout: Duration,
+) -> Result<(Hello, u16), NetError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let first = tokio::time::timeout(timeout, reader.recv())
+        .await
+        .map_err(|_| NetError::TimedOut(timeout))?;
+    let hello = match first {
+        Ok(Some(Message::Hello(hello))) => hello,
+        Ok(Some(other)) => {
+            let message = format!("the first message must be Hello, not {}", other.name());
+            refuse(writer, wire::RefuseCode::BadRequest, &message).await;
+            return Err(NetError::Unexpected {
+                expected: "Hello",
+                got: other.name(),
+            });
+        }
+        Ok(None) => return Err(NetError::Closed("sending Hello")),
+        Err(e) => {
+            refuse(writer, wire::RefuseCode::BadRequest, &e.to_string()).await;
+            return Err(e);
+        }
+    };
+    let (answer, version) = wire::answer_hello(&hello, software);
+    send(writer, &answer).await?;
+    match (version, answer) {
+        (Some(version), _) => Ok((hello, version)),
+        (None, Message::Refused(Refused { code, message })) => {
+            Err(NetError::Refused { code, message })
+        }
+        (None, other) => Err(NetError::Unexpected {
+            expected: "Refused",
+            got: other.name(),
+        }),
+    }
+}
+
+/// Best effort: tells the peer why before the stream is dropped.
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, code: wire::RefuseCode, message: &str) {
+    let refused = Refused {
+        code,
+        message: message.into(),
+    };
+    if let Err(e) = send(writer, &refused.into()).await {
+        tracing::debug!(error = %e, "could not send Refused");
+    }
+}
