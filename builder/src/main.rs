@@ -7,35 +7,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use config::BuilderConfig;
+use spacedock_cli_common::{DaemonFlags, JoinFlags};
 
 /// The spacedock builder: turns pushed Space commits into content-addressed OCI images.
 #[derive(Debug, Parser)]
 #[command(name = "spacedock-builder", version, about)]
 struct Cli {
-    /// TOML config file (see ops/config/builder.toml); flags override its values.
-    #[arg(long, short, env = "SPACEDOCK_BUILDER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Directory for the build cache and work trees.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Coordinator QUIC addresses, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    join: Vec<String>,
-    /// Join token file from `spacedock cluster join-token create`.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonFlags,
+    #[command(flatten)]
+    join: JoinFlags,
     /// Builds run at once.
     #[arg(long)]
     concurrency: Option<u32>,
     /// Extra CA certificate (PEM) for build steps; repeat for several.
     #[arg(long)]
     extra_ca_cert: Vec<PathBuf>,
-    /// Log filter when RUST_LOG is unset.
-    #[arg(long)]
-    log: Option<String>,
-    /// Print the effective config as TOML after checking it, then exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,31 +30,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut config: BuilderConfig = spacedock_cli_common::load_config(cli.config.as_deref())?;
-    if let Some(v) = cli.data_dir {
-        config.data_dir = v;
-    }
-    if !cli.join.is_empty() {
-        config.join = cli.join;
-    }
-    if cli.token_file.is_some() {
-        config.token_file = cli.token_file;
-    }
+    let mut config: BuilderConfig = cli
+        .daemon
+        .load(|c: &mut BuilderConfig| &mut c.data_dir, |c| &mut c.log)?;
+    cli.join.apply(&mut config.join, &mut config.token_file);
     if let Some(v) = cli.concurrency {
         config.concurrency = v;
     }
     if !cli.extra_ca_cert.is_empty() {
         config.extra_ca_certs = cli.extra_ca_cert;
     }
-    if let Some(v) = cli.log {
-        config.log = v;
-    }
     let check = config.validate();
     if !spacedock_cli_common::start_daemon(
         "spacedock-builder",
         &config,
         check,
-        cli.print_config,
+        cli.daemon.print_config,
         &config.log,
     )? {
         return Ok(ExitCode::SUCCESS);

@@ -3,25 +3,21 @@
 mod config;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use config::CoordinatorConfig;
+use spacedock_cli_common::DaemonFlags;
 
 /// The spacedock control plane: Raft-replicated cluster state, the HTTP API and ingress, the scheduler.
 #[derive(Debug, Parser)]
 #[command(name = "spacedock-coordinator", version, about)]
 struct Cli {
-    /// TOML config file (see ops/config/coordinator.toml); flags override its values.
-    #[arg(long, short, env = "SPACEDOCK_COORDINATOR_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    daemon: DaemonFlags,
     /// This coordinator's Raft id.
     #[arg(long)]
     node_id: Option<u64>,
-    /// Directory for the Raft log, snapshots, CA and blobs.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
     /// HTTP API and ingress address.
     #[arg(long)]
     api_listen: Option<SocketAddr>,
@@ -34,15 +30,9 @@ struct Cli {
     /// Domain under which Spaces are served.
     #[arg(long)]
     apps_domain: Option<String>,
-    /// QUIC address of a running coordinator to join (repeat for several).
-    #[arg(long)]
+    /// QUIC addresses of running coordinators to join, comma-separated.
+    #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
-    /// Log filter when RUST_LOG is unset (e.g. `info,spacedock=debug`).
-    #[arg(long)]
-    log: Option<String>,
-    /// Print the effective config as TOML after checking it, then exit.
-    #[arg(long)]
-    print_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -50,15 +40,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut config: CoordinatorConfig = spacedock_cli_common::load_config(cli.config.as_deref())?;
-    apply_flags(&mut config, &cli);
+    let mut config: CoordinatorConfig = cli
+        .daemon
+        .load(|c: &mut CoordinatorConfig| &mut c.data_dir, |c| &mut c.log)?;
+    let print_config = cli.daemon.print_config;
+    apply_flags(&mut config, cli);
     let check = config.validate();
     let catalog = check.clone().ok();
     if !spacedock_cli_common::start_daemon(
         "spacedock-coordinator",
         &config,
         check.map(|_| ()),
-        cli.print_config,
+        print_config,
         &config.log,
     )? {
         return Ok(ExitCode::SUCCESS);
@@ -76,12 +69,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Flags win over the config file.
-fn apply_flags(config: &mut CoordinatorConfig, flags: &Cli) {
+fn apply_flags(config: &mut CoordinatorConfig, flags: Cli) {
     if let Some(v) = flags.node_id {
         config.node_id = v;
-    }
-    if let Some(v) = flags.data_dir.clone() {
-        config.data_dir = v;
     }
     if let Some(v) = flags.api_listen {
         config.api_listen = v;
@@ -89,16 +79,13 @@ fn apply_flags(config: &mut CoordinatorConfig, flags: &Cli) {
     if let Some(v) = flags.quic_listen {
         config.quic_listen = v;
     }
-    if let Some(v) = flags.public_url.clone() {
+    if let Some(v) = flags.public_url {
         config.public_url = v;
     }
-    if let Some(v) = flags.apps_domain.clone() {
+    if let Some(v) = flags.apps_domain {
         config.apps_domain = v;
     }
     if !flags.join.is_empty() {
-        config.join = flags.join.clone();
-    }
-    if let Some(v) = flags.log.clone() {
-        config.log = v;
+        config.join = flags.join;
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The binaries' IO edge; `spacedock-shared` stays free of files and clocks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -49,6 +49,63 @@ pub fn init_tracing(filter: &str) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Flags every daemon takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonFlags {
+    /// TOML config file (documented examples in ops/config/); flags override its values.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Directory for this daemon's state.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter when RUST_LOG is unset (e.g. `info,spacedock=debug`).
+    #[arg(long)]
+    pub log: Option<String>,
+    /// Print the effective config as TOML after checking it, then exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl DaemonFlags {
+    /// Loads the config file (or defaults) and applies the flags over it.
+    pub fn load<T: DeserializeOwned + Default>(
+        &self,
+        data_dir: impl FnOnce(&mut T) -> &mut PathBuf,
+        log: impl FnOnce(&mut T) -> &mut String,
+    ) -> anyhow::Result<T> {
+        let mut config: T = load_config(self.config.as_deref())?;
+        if let Some(v) = &self.data_dir {
+            *data_dir(&mut config) = v.clone();
+        }
+        if let Some(v) = &self.log {
+            *log(&mut config) = v.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Flags of the daemons that dial in to the coordinators (agent, builder).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinFlags {
+    /// Coordinator QUIC addresses, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Join token file from `spacedock cluster join-token create`.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl JoinFlags {
+    pub fn apply(&self, join: &mut Vec<String>, token_file: &mut Option<PathBuf>) {
+        if !self.join.is_empty() {
+            *join = self.join.clone();
+        }
+        if self.token_file.is_some() {
+            *token_file = self.token_file.clone();
+        }
+    }
 }
 
 /// Runs a binary's body and turns its error into `BINARY: message` on stderr and exit status 1.
