@@ -11,7 +11,17 @@ use crate::money::MicroUsd;
 pub const DEFAULT_FLAVOR: &str = "cpu-basic";
 
 /// A named hardware slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Flavor {
     /// The flavor string clients use (`t4-small`, `h200x8`): lowercase letters, digits and `-`.
@@ -36,7 +46,17 @@ pub struct Flavor {
 }
 
 /// GPUs a flavor needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Accelerator {
     /// Vendor, lowercase (`nvidia`).
@@ -223,6 +243,13 @@ impl Catalog {
             Ok(catalog)
         } else {
             Err(errors)
+        }
+    }
+
+    /// A catalog of exactly these flavors (as stored in the cluster state; validated when it was configured).
+    pub fn from_flavors(flavors: impl IntoIterator<Item = Flavor>) -> Catalog {
+        Catalog {
+            flavors: flavors.into_iter().map(|f| (f.name.clone(), f)).collect(),
         }
     }
 

@@ -1,0 +1,225 @@
+//! Commands: the only way the replicated state changes. Each Raft entry carries one `Envelope`.
+//!
+//! The `Command` enum is append-only: new variants go at the end and existing ones never change shape, so every
+//! coordinator can read every entry ever written. `Envelope::version` says which encoding wrote it.
+//! Time, ids and secrets' hashes are decided by the proposer and travel in the command, so applying is
+//! deterministic.
+
+use rkyv::{Archive, Deserialize, Serialize};
+use spacedock_shared::flavor::Flavor;
+
+use crate::state::{Member, Millis, RepoKind, Role};
+
+/// Version of the envelope encoding this build writes.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+/// One Raft entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    /// The proposer's clock when it proposed, in ms since the epoch.
+    pub at: Millis,
+    /// Chosen by the proposer, to find the waiting request when the entry is applied.
+    pub request_id: u64,
+    /// Who asks; `None` for the cluster's own commands (bootstrap, membership, scheduler).
+    pub actor: Option<Actor>,
+    pub command: Command,
+}
+
+/// The caller behind a command, re-checked when it is applied (a token revoked in between is refused).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Actor {
+    /// Hex blake3 hash of the token the request carried.
+    pub token_hash: String,
+}
+
+/// A token to create; the secret itself never enters the log.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: String,
+    pub owner: String,
+    pub display_name: String,
+    pub role: Role,
+    pub secret_hash: String,
+    pub expires_at: Option<Millis>,
+}
+
+/// A key, value and description for a variable or secret.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+    pub description: Option<String>,
+}
+
+/// What a new Space starts with.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Archive, Serialize, Deserialize)]
+pub struct SpaceSpec {
+    pub sdk: String,
+    pub hardware: Option<String>,
+    pub sleep_time: Option<i64>,
+    pub secrets: Vec<KeyValue>,
+    pub variables: Vec<KeyValue>,
+}
+
+/// Every change to the cluster state. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Command {
+    /// First entry of a new cluster: its id, first member, catalog, and the operator with an admin token.
+    Bootstrap {
+        cluster_id: String,
+        member: Member,
+        flavors: Vec<Flavor>,
+        admin_id: String,
+        admin_token: NewToken,
+    },
+    CreateUser {
+        id: String,
+        name: String,
+        fullname: String,
+        email: Option<String>,
+        is_admin: bool,
+    },
+    /// Creates an organization whose first admin is the actor's user.
+    CreateOrg {
+        id: String,
+        name: String,
+        fullname: String,
+    },
+    /// Adds, changes (`Some`) or removes (`None`) an organization member.
+    SetOrgMember {
+        org: String,
+        user: String,
+        role: Option<Role>,
+    },
+    /// Creates a token for `owner` (the actor's own user, or anyone for cluster admins).
+    CreateToken {
+        token: NewToken,
+    },
+    RevokeToken {
+        id: String,
+    },
+    CreateRepo {
+        uid: String,
+        kind: RepoKind,
+        id: String,
+        private: bool,
+        space: Option<SpaceSpec>,
+    },
+    DeleteRepo {
+        kind: RepoKind,
+        id: String,
+    },
+    MoveRepo {
+        kind: RepoKind,
+        from: String,
+        to: String,
+    },
+    SetVisibility {
+        kind: RepoKind,
+        id: String,
+        private: bool,
+    },
+    RequestHardware {
+        id: String,
+        flavor: String,
+        sleep_time: Option<i64>,
+    },
+    SetSleepTime {
+        id: String,
+        seconds: i64,
+    },
+    Pause {
+        id: String,
+    },
+    Restart {
+        id: String,
+        factory: bool,
+    },
+    SetSecret {
+        id: String,
+        secret: KeyValue,
+    },
+    DeleteSecret {
+        id: String,
+        key: String,
+    },
+    SetVariable {
+        id: String,
+        variable: KeyValue,
+    },
+    DeleteVariable {
+        id: String,
+        key: String,
+    },
+    /// Copies a Space: its variables come along, its secrets only if given here.
+    DuplicateSpace {
+        uid: String,
+        from: String,
+        to: String,
+        private: Option<bool>,
+        spec: SpaceSpec,
+    },
+    SetFlavors {
+        flavors: Vec<Flavor>,
+    },
+    AddMember {
+        member: Member,
+    },
+    RemoveMember {
+        id: u64,
+    },
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Decodes and validates an entry's payload.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let envelope = rkyv::from_bytes::<Envelope, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| e.to_string())?;
+        if envelope.version > ENVELOPE_VERSION {
+            return Err(format!(
+                "entry written with envelope version {}, this build reads up to {ENVELOPE_VERSION}",
+                envelope.version
+            ));
+        }
+        Ok(envelope)
+    }
+}
+
+impl Command {
+    /// The command's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Bootstrap { .. } => "Bootstrap",
+            Command::CreateUser { .. } => "CreateUser",
+            Command::CreateOrg { .. } => "CreateOrg",
+            Command::SetOrgMember { .. } => "SetOrgMember",
+            Command::CreateToken { .. } => "CreateToken",
+            Command::RevokeToken { .. } => "RevokeToken",
+            Command::CreateRepo { .. } => "CreateRepo",
+            Command::DeleteRepo { .. } => "DeleteRepo",
+            Command::MoveRepo { .. } => "MoveRepo",
+            Command::SetVisibility { .. } => "SetVisibility",
+            Command::RequestHardware { .. } => "RequestHardware",
+            Command::SetSleepTime { .. } => "SetSleepTime",
+            Command::Pause { .. } => "Pause",
+            Command::Restart { .. } => "Restart",
+            Command::SetSecret { .. } => "SetSecret",
+            Command::DeleteSecret { .. } => "DeleteSecret",
+            Command::SetVariable { .. } => "SetVariable",
+            Command::DeleteVariable { .. } => "DeleteVariable",
+            Command::DuplicateSpace { .. } => "DuplicateSpace",
+            Command::SetFlavors { .. } => "SetFlavors",
+            Command::AddMember { .. } => "AddMember",
+            Command::RemoveMember { .. } => "RemoveMember",
+        }
+    }
+}

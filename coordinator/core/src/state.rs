@@ -1,0 +1,311 @@
+//! The replicated cluster state: users, organizations, tokens, repos and Spaces, the flavor catalog, the members.
+//!
+//! Every coordinator holds the same `State`, built by applying the same commands in the same order. It is plain
+//! data (rkyv-archived for snapshots); nothing here reads a clock or a file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rkyv::{Archive, Deserialize, Serialize};
+use spacedock_shared::flavor::Flavor;
+
+/// Milliseconds since the Unix epoch, as carried by the command that set it.
+pub type Millis = u64;
+
+/// What a token, or an organization member, may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum Role {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub fullname: String,
+    pub email: Option<String>,
+    /// Operators of the cluster: with an admin token they may act on every namespace.
+    pub is_admin: bool,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub fullname: String,
+    pub created_at: Millis,
+    /// Member user name (lowercase) to role.
+    pub members: BTreeMap<String, Role>,
+}
+
+/// An API token. Only the blake3 hash of its secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    /// Owner user name (lowercase).
+    pub owner: String,
+    pub display_name: String,
+    pub role: Role,
+    /// Hex blake3 hash of the secret.
+    pub secret_hash: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked: bool,
+}
+
+/// The three kinds of repo the Hub has.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+    Space,
+}
+
+impl RepoKind {
+    /// `model`, `dataset`, `space`, as in API bodies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "dataset",
+            RepoKind::Space => "space",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RepoKind> {
+        match s {
+            "model" => Some(RepoKind::Model),
+            "dataset" => Some(RepoKind::Dataset),
+            "space" => Some(RepoKind::Space),
+            _ => None,
+        }
+    }
+
+    /// URL prefix of the repo's web and git paths: `spaces/`, `datasets/`, or nothing for models.
+    pub fn url_prefix(self) -> &'static str {
+        match self {
+            RepoKind::Model => "",
+            RepoKind::Dataset => "datasets/",
+            RepoKind::Space => "spaces/",
+        }
+    }
+}
+
+/// A Space's lifecycle stage, spelled as the Hub spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Stage {
+    NoAppFile,
+    ConfigError,
+    Building,
+    BuildError,
+    AppStarting,
+    Running,
+    RunningBuilding,
+    RunningAppStarting,
+    RuntimeError,
+    Sleeping,
+    Stopped,
+    Paused,
+    Deleting,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::NoAppFile => "NO_APP_FILE",
+            Stage::ConfigError => "CONFIG_ERROR",
+            Stage::Building => "BUILDING",
+            Stage::BuildError => "BUILD_ERROR",
+            Stage::AppStarting => "APP_STARTING",
+            Stage::Running => "RUNNING",
+            Stage::RunningBuilding => "RUNNING_BUILDING",
+            Stage::RunningAppStarting => "RUNNING_APP_STARTING",
+            Stage::RuntimeError => "RUNTIME_ERROR",
+            Stage::Sleeping => "SLEEPING",
+            Stage::Stopped => "STOPPED",
+            Stage::Paused => "PAUSED",
+            Stage::Deleting => "DELETING",
+        }
+    }
+}
+
+/// A public Space variable.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Variable {
+    pub value: String,
+    pub description: Option<String>,
+    pub updated_at: Millis,
+}
+
+/// A secret's value. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: String) -> SecretValue {
+        SecretValue(value)
+    }
+
+    /// The value, for the Space's own container only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A write-only Space secret.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Secret {
+    pub value: SecretValue,
+    pub description: Option<String>,
+    pub updated_at: Millis,
+}
+
+/// What a Space repo adds to a repo.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SpaceState {
+    /// `gradio`, `streamlit`, `docker` or `static`.
+    pub sdk: String,
+    pub hardware_requested: String,
+    pub hardware_current: Option<String>,
+    /// Seconds idle before sleeping; `None` is the flavor's default, `-1` never.
+    pub sleep_time: Option<i64>,
+    pub stage: Stage,
+    pub error_message: Option<String>,
+    pub variables: BTreeMap<String, Variable>,
+    pub secrets: BTreeMap<String, Secret>,
+    /// The DNS label the Space is served under.
+    pub subdomain: String,
+    pub duplicated_from: Option<String>,
+    /// Bumped by restarts; a factory restart also clears the build cache for the Space.
+    pub restarts: u64,
+    pub factory_restarts: u64,
+}
+
+/// A model, dataset or Space repo.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Repo {
+    /// Opaque id (hex), stable across renames.
+    pub uid: String,
+    pub kind: RepoKind,
+    /// `namespace/name` as written at creation or the last move.
+    pub id: String,
+    pub private: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Head commit of the main branch, once the repo has one.
+    pub sha: Option<String>,
+    pub space: Option<SpaceState>,
+}
+
+impl Repo {
+    pub fn namespace(&self) -> &str {
+        self.id.split_once('/').map_or("", |(ns, _)| ns)
+    }
+}
+
+/// A coordinator in the Raft group, as recorded when it was added.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub api_url: String,
+    pub quic_addr: String,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct State {
+    /// Set by the first command of a cluster.
+    pub cluster_id: Option<String>,
+    /// Users by lowercase name.
+    pub users: BTreeMap<String, User>,
+    /// Organizations by lowercase name (users and organizations share one namespace).
+    pub orgs: BTreeMap<String, Org>,
+    /// Tokens by secret hash.
+    pub tokens: BTreeMap<String, Token>,
+    /// Repos by `repo_key`.
+    pub repos: BTreeMap<String, Repo>,
+    /// Subdomain to the repo key of the Space that holds it.
+    pub subdomains: BTreeMap<String, String>,
+    /// The flavor catalog in force.
+    pub flavors: Vec<Flavor>,
+    /// Coordinators by Raft id.
+    pub members: BTreeMap<u64, Member>,
+}
+
+/// The key a repo is stored under: kind and case-folded id, so `User/App` and `user/app` are one repo.
+pub fn repo_key(kind: RepoKind, id: &str) -> String {
+    format!("{}:{}", kind.as_str(), id.to_ascii_lowercase())
+}
+
+impl State {
+    pub fn repo(&self, kind: RepoKind, id: &str) -> Option<&Repo> {
+        self.repos.get(&repo_key(kind, id))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(&name.to_ascii_lowercase())
+    }
+
+    pub fn org(&self, name: &str) -> Option<&Org> {
+        self.orgs.get(&name.to_ascii_lowercase())
+    }
+
+    /// Organizations the user belongs to.
+    pub fn orgs_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = (&'a Org, Role)> + 'a {
+        let user = user.to_ascii_lowercase();
+        self.orgs
+            .values()
+            .filter_map(move |o| o.members.get(&user).map(|r| (o, *r)))
+    }
+
+    /// Encodes the state for a Raft snapshot.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, String> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Decodes a snapshot, validating it.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, String> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<State, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,752 @@
+//! Tests of `apply`: permissions, validation, all-or-nothing refusals, determinism and snapshots.
+
+use proptest::prelude::*;
+use spacedock_shared::flavor::Catalog;
+
+use crate::access::hash_secret;
+use crate::command::{Actor, KeyValue, NewToken, SpaceSpec};
+use crate::state::{Member, RepoKind, Role, Stage};
+use crate::{ApplyError, Command, Envelope, State, apply};
+
+const ADMIN: &str = "hf_admin_secret";
+const ALICE: &str = "hf_alice_secret";
+const ALICE_READ: &str = "hf_alice_read";
+const BOB: &str = "hf_bob_secret";
+
+struct Cluster {
+    state: State,
+    clock: u64,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let mut c = Cluster {
+            state: State::default(),
+            clock: 1_700_000_000_000,
+        };
+        c.system(Command::Bootstrap {
+            cluster_id: "c1".into(),
+            member: Member {
+                id: 1,
+                api_url: "http://127.0.0.1:8080".into(),
+                quic_addr: "127.0.0.1:7443".into(),
+            },
+            flavors: Catalog::huggingface().iter().cloned().collect(),
+            admin_id: "u0".into(),
+            admin_token: token("t0", "admin", Role::Admin, ADMIN),
+        })
+        .unwrap();
+        for (i, name) in ["alice", "bob"].iter().enumerate() {
+            c.run(
+                ADMIN,
+                Command::CreateUser {
+                    id: format!("u{}", i + 1),
+                    name: (*name).into(),
+                    fullname: name.to_uppercase(),
+                    email: None,
+                    is_admin: false,
+                },
+            )
+            .unwrap();
+        }
+        c.run(
+            ADMIN,
+            Command::CreateToken {
+                token: token("t1", "alice", Role::Write, ALICE),
+            },
+        )
+        .unwrap();
+        c.run(
+            ADMIN,
+            Command::CreateToken {
+                token: token("t2", "alice", Role::Read, ALICE_READ),
+            },
+        )
+        .unwrap();
+        c.run(
+            ADMIN,
+            Command::CreateToken {
+                token: token("t3", "bob", Role::Write, BOB),
+            },
+        )
+        .unwrap();
+        c
+    }
+
+    fn envelope(&mut self, token: Option<&str>, command: Command) -> Envelope {
+        self.clock += 1000;
+        Envelope {
+            version: 1,
+            at: self.clock,
+            request_id: self.clock,
+            actor: token.map(|t| Actor {
+                token_hash: hash_secret(t),
+            }),
+            command,
+        }
+    }
+
+    fn run(&mut self, token: &str, command: Command) -> Result<(), ApplyError> {
+        let e = self.envelope(Some(token), command);
+        apply(&mut self.state, &e)
+    }
+
+    fn system(&mut self, command: Command) -> Result<(), ApplyError> {
+        let e = self.envelope(None, command);
+        apply(&mut self.state, &e)
+    }
+
+    fn create_space(&mut self, token: &str, id: &str, private: bool) -> Result<(), ApplyError> {
+        self.run(
+            token,
+            Command::CreateRepo {
+                uid: format!("r-{id}"),
+                kind: RepoKind::Space,
+                id: id.into(),
+                private,
+                space: Some(SpaceSpec {
+                    sdk: "gradio".into(),
+                    ..Default::default()
+                }),
+            },
+        )
+    }
+
+    /// Runs a command that must be refused and checks it changed nothing.
+    fn refused(&mut self, token: Option<&str>, command: Command) -> ApplyError {
+        let before = self.state.clone();
+        let e = self.envelope(token, command);
+        let err = apply(&mut self.state, &e).unwrap_err();
+        assert_eq!(self.state, before, "a refused command changed the state");
+        err
+    }
+}
+
+fn token(id: &str, owner: &str, role: Role, secret: &str) -> NewToken {
+    NewToken {
+        id: id.into(),
+        owner: owner.into(),
+        display_name: id.into(),
+        role,
+        secret_hash: hash_secret(secret),
+        expires_at: None,
+    }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: value.into(),
+        description: None,
+    }
+}
+
+#[test]
+fn bootstrap_only_once() {
+    let mut c = Cluster::new();
+    let err = c.refused(
+        None,
+        Command::Bootstrap {
+            cluster_id: "again".into(),
+            member: Member {
+                id: 9,
+                api_url: String::new(),
+                quic_addr: String::new(),
+            },
+            flavors: vec![],
+            admin_id: "x".into(),
+            admin_token: token("tx", "admin2", Role::Admin, "s"),
+        },
+    );
+    assert!(matches!(err, ApplyError::Forbidden(_)));
+}
+
+#[test]
+fn space_lifecycle() {
+    let mut c = Cluster::new();
+    c.create_space(ALICE, "alice/demo", false).unwrap();
+    let repo = c.state.repo(RepoKind::Space, "Alice/Demo").unwrap();
+    let space = repo.space.as_ref().unwrap();
+    assert_eq!(space.subdomain, "alice-demo");
+    assert_eq!(space.stage, Stage::NoAppFile);
+    assert_eq!(space.hardware_requested, "cpu-basic");
+
+    c.run(
+        ALICE,
+        Command::RequestHardware {
+            id: "alice/demo".into(),
+            flavor: "t4-small".into(),
+            sleep_time: Some(3600),
+        },
+    )
+    .unwrap();
+    c.run(
+        ALICE,
+        Command::SetSecret {
+            id: "alice/demo".into(),
+            secret: kv("API_KEY", "s3cret"),
+        },
+    )
+    .unwrap();
+    c.run(
+        ALICE,
+        Command::SetVariable {
+            id: "alice/demo".into(),
+            variable: kv("MODE", "fast"),
+        },
+    )
+    .unwrap();
+    c.run(
+        ALICE,
+        Command::Pause {
+            id: "alice/demo".into(),
+        },
+    )
+    .unwrap();
+    let space = c
+        .state
+        .repo(RepoKind::Space, "alice/demo")
+        .unwrap()
+        .space
+        .clone()
+        .unwrap();
+    assert_eq!(space.stage, Stage::Paused);
+    assert_eq!(space.hardware_requested, "t4-small");
+    assert_eq!(space.sleep_time, Some(3600));
+    assert_eq!(space.secrets["API_KEY"].value.expose(), "s3cret");
+    assert!(
+        !format!("{space:?}").contains("s3cret"),
+        "secret leaked through Debug"
+    );
+
+    c.run(
+        ALICE,
+        Command::Restart {
+            id: "alice/demo".into(),
+            factory: true,
+        },
+    )
+    .unwrap();
+    let space = c
+        .state
+        .repo(RepoKind::Space, "alice/demo")
+        .unwrap()
+        .space
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (space.stage, space.restarts, space.factory_restarts),
+        (Stage::NoAppFile, 1, 1)
+    );
+
+    c.run(
+        ALICE,
+        Command::DeleteRepo {
+            kind: RepoKind::Space,
+            id: "alice/demo".into(),
+        },
+    )
+    .unwrap();
+    assert!(c.state.repo(RepoKind::Space, "alice/demo").is_none());
+    assert!(c.state.subdomains.is_empty());
+}
+
+#[test]
+fn create_twice_conflicts_with_the_url() {
+    let mut c = Cluster::new();
+    c.create_space(ALICE, "alice/demo", false).unwrap();
+    let before = c.state.clone();
+    let err = c.create_space(ALICE, "ALICE/demo", false).unwrap_err();
+    assert_eq!(c.state, before);
+    let ApplyError::Conflict { url_path, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(url_path.as_deref(), Some("spaces/alice/demo"));
+}
+
+#[test]
+fn writes_need_rights_on_the_namespace() {
+    let mut c = Cluster::new();
+    let err = c.create_space(BOB, "alice/theirs", false).unwrap_err();
+    assert!(matches!(err, ApplyError::Forbidden(_)), "{err:?}");
+    let err = c.create_space(ALICE_READ, "alice/mine", false).unwrap_err();
+    assert!(matches!(err, ApplyError::Forbidden(_)), "{err:?}");
+    let err = c.create_space(ALICE, "nobody/x", false).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApplyError::NotFound {
+                what: "namespace",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.create_space(ADMIN, "alice/by-admin", false).unwrap();
+    c.create_space(ALICE, "alice/public", false).unwrap();
+    let err = c.refused(
+        Some(BOB),
+        Command::Pause {
+            id: "alice/public".into(),
+        },
+    );
+    assert!(matches!(err, ApplyError::Forbidden(_)), "{err:?}");
+}
+
+#[test]
+fn private_spaces_are_not_found_for_outsiders() {
+    let mut c = Cluster::new();
+    c.create_space(ALICE, "alice/secret-app", true).unwrap();
+    let err = c.refused(
+        Some(BOB),
+        Command::Pause {
+            id: "alice/secret-app".into(),
+        },
+    );
+    assert_eq!(err, ApplyError::RepoNotFound("alice/secret-app".into()));
+    let err = c.refused(
+        Some(BOB),
+        Command::DuplicateSpace {
+            uid: "r9".into(),
+            from: "alice/secret-app".into(),
+            to: "bob/copy".into(),
+            private: None,
+            spec: SpaceSpec::default(),
+        },
+    );
+    assert!(matches!(err, ApplyError::RepoNotFound(_)));
+}
+
+#[test]
+fn organizations_grant_rights_to_members() {
+    let mut c = Cluster::new();
+    c.run(
+        ALICE,
+        Command::CreateOrg {
+            id: "o1".into(),
+            name: "acme".into(),
+            fullname: "Acme".into(),
+        },
+    )
+    .unwrap();
+    let err = c.create_space(BOB, "acme/app", false).unwrap_err();
+    assert!(matches!(err, ApplyError::Forbidden(_)));
+    let err = c.refused(
+        Some(BOB),
+        Command::SetOrgMember {
+            org: "acme".into(),
+            user: "bob".into(),
+            role: Some(Role::Write),
+        },
+    );
+    assert!(matches!(err, ApplyError::Forbidden(_)));
+    c.run(
+        ALICE,
+        Command::SetOrgMember {
+            org: "acme".into(),
+            user: "bob".into(),
+            role: Some(Role::Write),
+        },
+    )
+    .unwrap();
+    c.create_space(BOB, "acme/app", true).unwrap();
+    let err = c.refused(
+        Some(ALICE),
+        Command::CreateOrg {
+            id: "o2".into(),
+            name: "bob".into(),
+            fullname: String::new(),
+        },
+    );
+    assert!(matches!(err, ApplyError::Conflict { .. }));
+}
+
+#[test]
+fn revoked_and_expired_tokens_are_refused_at_apply_time() {
+    let mut c = Cluster::new();
+    let mut expiring = token("t9", "bob", Role::Write, "hf_short");
+    expiring.expires_at = Some(c.clock + 5_000);
+    c.run(ADMIN, Command::CreateToken { token: expiring })
+        .unwrap();
+    c.create_space("hf_short", "bob/a", false).unwrap();
+    c.clock += 10_000;
+    let err = c.create_space("hf_short", "bob/b", false).unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Unauthorized(m) if m.contains("expired")),
+        "{err:?}"
+    );
+
+    c.run(BOB, Command::RevokeToken { id: "t3".into() })
+        .unwrap();
+    let err = c.create_space(BOB, "bob/c", false).unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Unauthorized(m) if m.contains("revoked")),
+        "{err:?}"
+    );
+    let err = c.refused(
+        Some("hf_never_issued"),
+        Command::Pause { id: "bob/a".into() },
+    );
+    assert!(matches!(err, ApplyError::Unauthorized(_)));
+}
+
+#[test]
+fn tokens_cannot_escalate() {
+    let mut c = Cluster::new();
+    let err = c.refused(
+        Some(ALICE),
+        Command::CreateToken {
+            token: token("t8", "alice", Role::Admin, "x"),
+        },
+    );
+    assert!(matches!(err, ApplyError::Forbidden(_)));
+    let err = c.refused(
+        Some(ALICE),
+        Command::CreateToken {
+            token: token("t8", "bob", Role::Read, "x"),
+        },
+    );
+    assert!(matches!(err, ApplyError::Forbidden(_)));
+    c.run(
+        ALICE,
+        Command::CreateToken {
+            token: token("t8", "alice", Role::Read, "x"),
+        },
+    )
+    .unwrap();
+    let err = c.refused(
+        Some(ALICE),
+        Command::CreateUser {
+            id: "u9".into(),
+            name: "eve".into(),
+            fullname: String::new(),
+            email: None,
+            is_admin: true,
+        },
+    );
+    assert!(matches!(err, ApplyError::Forbidden(_)));
+}
+
+#[test]
+fn bad_input_is_refused_whole() {
+    let mut c = Cluster::new();
+    let bad_spec = SpaceSpec {
+        sdk: "gradio".into(),
+        variables: vec![kv("GOOD", "1")],
+        secrets: vec![kv("1BAD", "x")],
+        ..Default::default()
+    };
+    let err = c.refused(
+        Some(ALICE),
+        Command::CreateRepo {
+            uid: "r1".into(),
+            kind: RepoKind::Space,
+            id: "alice/x".into(),
+            private: false,
+            space: Some(bad_spec),
+        },
+    );
+    assert!(
+        matches!(&err, ApplyError::Invalid { field, .. } if field == "secrets[0]"),
+        "{err:?}"
+    );
+
+    c.create_space(ALICE, "alice/x", false).unwrap();
+    let cases = [
+        Command::RequestHardware {
+            id: "alice/x".into(),
+            flavor: "h900".into(),
+            sleep_time: None,
+        },
+        Command::SetSleepTime {
+            id: "alice/x".into(),
+            seconds: -5,
+        },
+        Command::SetVariable {
+            id: "alice/x".into(),
+            variable: kv("has space", "v"),
+        },
+        Command::SetSecret {
+            id: "alice/x".into(),
+            secret: kv("OK", &"x".repeat(70_000)),
+        },
+        Command::CreateRepo {
+            uid: "r".into(),
+            kind: RepoKind::Space,
+            id: "alice/bad--name".into(),
+            private: false,
+            space: None,
+        },
+        Command::CreateRepo {
+            uid: "r".into(),
+            kind: RepoKind::Space,
+            id: "alice/y".into(),
+            private: false,
+            space: Some(SpaceSpec {
+                sdk: "flask".into(),
+                ..Default::default()
+            }),
+        },
+    ];
+    for command in cases {
+        let name = command.name();
+        let err = c.refused(Some(ALICE), command);
+        assert!(matches!(err, ApplyError::Invalid { .. }), "{name}: {err:?}");
+    }
+    let err = c.refused(
+        Some(ALICE),
+        Command::RequestHardware {
+            id: "alice/x".into(),
+            flavor: "h900".into(),
+            sleep_time: None,
+        },
+    );
+    assert!(err.to_string().contains("unknown flavor `h900`"), "{err}");
+}
+
+#[test]
+fn duplicate_copies_variables_not_secrets() {
+    let mut c = Cluster::new();
+    c.create_space(ALICE, "alice/orig", false).unwrap();
+    c.run(
+        ALICE,
+        Command::SetVariable {
+            id: "alice/orig".into(),
+            variable: kv("MODE", "fast"),
+        },
+    )
+    .unwrap();
+    c.run(
+        ALICE,
+        Command::SetSecret {
+            id: "alice/orig".into(),
+            secret: kv("TOKEN", "hidden"),
+        },
+    )
+    .unwrap();
+    c.run(
+        BOB,
+        Command::DuplicateSpace {
+            uid: "r2".into(),
+            from: "alice/orig".into(),
+            to: "bob/copy".into(),
+            private: None,
+            spec: SpaceSpec {
+                secrets: vec![kv("OWN", "mine")],
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let copy = c
+        .state
+        .repo(RepoKind::Space, "bob/copy")
+        .unwrap()
+        .space
+        .clone()
+        .unwrap();
+    assert_eq!(copy.variables["MODE"].value, "fast");
+    assert!(!copy.secrets.contains_key("TOKEN"));
+    assert!(copy.secrets.contains_key("OWN"));
+    assert_eq!(copy.duplicated_from.as_deref(), Some("alice/orig"));
+    assert_eq!(copy.sdk, "gradio");
+    let err = c.refused(
+        Some(BOB),
+        Command::DuplicateSpace {
+            uid: "r3".into(),
+            from: "alice/orig".into(),
+            to: "bob/copy".into(),
+            private: None,
+            spec: SpaceSpec::default(),
+        },
+    );
+    assert!(
+        matches!(err, ApplyError::Conflict { url_path: Some(ref p), .. } if p == "spaces/bob/copy")
+    );
+}
+
+#[test]
+fn move_keeps_the_space_and_takes_a_new_subdomain() {
+    let mut c = Cluster::new();
+    c.create_space(ALICE, "alice/old", false).unwrap();
+    c.run(
+        ALICE,
+        Command::MoveRepo {
+            kind: RepoKind::Space,
+            from: "alice/old".into(),
+            to: "alice/new".into(),
+        },
+    )
+    .unwrap();
+    assert!(c.state.repo(RepoKind::Space, "alice/old").is_none());
+    let moved = c.state.repo(RepoKind::Space, "alice/new").unwrap();
+    assert_eq!(moved.uid, "r-alice/old");
+    assert_eq!(moved.space.as_ref().unwrap().subdomain, "alice-new");
+    assert_eq!(c.state.subdomains.keys().collect::<Vec<_>>(), ["alice-new"]);
+}
+
+#[test]
+fn colliding_subdomains_get_a_suffix() {
+    let mut c = Cluster::new();
+    c.run(
+        ADMIN,
+        Command::CreateUser {
+            id: "u5".into(),
+            name: "a-b".into(),
+            fullname: String::new(),
+            email: None,
+            is_admin: false,
+        },
+    )
+    .unwrap();
+    c.run(
+        ADMIN,
+        Command::CreateUser {
+            id: "u6".into(),
+            name: "a".into(),
+            fullname: String::new(),
+            email: None,
+            is_admin: false,
+        },
+    )
+    .unwrap();
+    c.create_space(ADMIN, "a-b/c", false).unwrap();
+    c.create_space(ADMIN, "a/b-c", false).unwrap();
+    let first = &c
+        .state
+        .repo(RepoKind::Space, "a-b/c")
+        .unwrap()
+        .space
+        .as_ref()
+        .unwrap()
+        .subdomain;
+    let second = &c
+        .state
+        .repo(RepoKind::Space, "a/b-c")
+        .unwrap()
+        .space
+        .as_ref()
+        .unwrap()
+        .subdomain;
+    assert_eq!(first, "a-b-c");
+    assert!(
+        second.starts_with("a-b-c-") && second.len() == 14,
+        "{second}"
+    );
+}
+
+#[test]
+fn snapshot_round_trips_and_rejects_garbage() {
+    let mut c = Cluster::new();
+    c.create_space(ALICE, "alice/demo", true).unwrap();
+    c.run(
+        ALICE,
+        Command::SetSecret {
+            id: "alice/demo".into(),
+            secret: kv("K", "v"),
+        },
+    )
+    .unwrap();
+    let bytes = c.state.to_snapshot().unwrap();
+    assert_eq!(State::from_snapshot(&bytes).unwrap(), c.state);
+    assert!(State::from_snapshot(&bytes[..bytes.len() / 2]).is_err());
+    assert!(State::from_snapshot(b"garbage").is_err());
+}
+
+#[test]
+fn envelopes_round_trip_and_refuse_newer_versions() {
+    let mut c = Cluster::new();
+    let e = c.envelope(
+        Some(ALICE),
+        Command::SetVariable {
+            id: "a/b".into(),
+            variable: kv("K", "V"),
+        },
+    );
+    assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
+    let newer = Envelope { version: 99, ..e };
+    assert!(
+        Envelope::decode(&newer.encode().unwrap())
+            .unwrap_err()
+            .contains("version 99")
+    );
+}
+
+fn any_command() -> impl Strategy<Value = (u8, Command)> {
+    let ids = prop_oneof![
+        Just("alice/a"),
+        Just("alice/b"),
+        Just("bob/a"),
+        Just("alice/A")
+    ];
+    let tokens = 0u8..4;
+    (tokens, ids, 0u8..9, "[A-Z_]{1,3}", -2i64..5).prop_map(|(t, id, kind, key, n)| {
+        let id = id.to_string();
+        let command = match kind {
+            0 => Command::CreateRepo {
+                uid: id.clone(),
+                kind: RepoKind::Space,
+                id,
+                private: n % 2 == 0,
+                space: Some(SpaceSpec {
+                    sdk: "docker".into(),
+                    ..Default::default()
+                }),
+            },
+            1 => Command::DeleteRepo {
+                kind: RepoKind::Space,
+                id,
+            },
+            2 => Command::SetSecret {
+                id,
+                secret: kv(&key, "v"),
+            },
+            3 => Command::SetVariable {
+                id,
+                variable: kv(&key, "v"),
+            },
+            4 => Command::SetSleepTime { id, seconds: n },
+            5 => Command::Pause { id },
+            6 => Command::Restart { id, factory: n > 0 },
+            7 => Command::RequestHardware {
+                id,
+                flavor: if n > 0 {
+                    "t4-small".into()
+                } else {
+                    "nope".into()
+                },
+                sleep_time: None,
+            },
+            _ => Command::MoveRepo {
+                kind: RepoKind::Space,
+                to: format!("{id}-moved"),
+                from: id,
+            },
+        };
+        (t, command)
+    })
+}
+
+proptest! {
+    #[test]
+    fn applying_is_deterministic_and_refusals_change_nothing(commands in proptest::collection::vec(any_command(), 1..40)) {
+        let mut a = Cluster::new();
+        let mut b = Cluster::new();
+        let secrets = [ADMIN, ALICE, ALICE_READ, BOB];
+        for (t, command) in commands {
+            let e = a.envelope(Some(secrets[t as usize]), command);
+            let before = a.state.clone();
+            let ra = apply(&mut a.state, &e);
+            let rb = apply(&mut b.state, &e);
+            prop_assert_eq!(&ra, &rb);
+            if ra.is_err() {
+                prop_assert_eq!(&a.state, &before);
+            }
+        }
+        prop_assert_eq!(a.state.to_snapshot().unwrap(), b.state.to_snapshot().unwrap());
+        for (sub, key) in &a.state.subdomains {
+            let repo = a.state.repos.get(key).unwrap();
+            prop_assert_eq!(&repo.space.as_ref().unwrap().subdomain, sub);
+        }
+    }
+}
