@@ -1,6 +1,6 @@
 //! `spacedock-coordinator`: the control plane's entry point: flags over the config file, then the service.
 
-mod config;
+use spacedock_coordinator::config;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

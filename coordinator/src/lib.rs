@@ -1,0 +1,6 @@
+//! The coordinator's IO shell around `spacedock-coordinator-core`: storage engine, Raft store and driver, peer
+//! transport and HTTP API.
+
+pub mod config;
+pub mod engine;
+pub mod raft_store;
