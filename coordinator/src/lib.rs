@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod engine;
+pub mod node;
 pub mod raft_store;
