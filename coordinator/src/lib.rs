@@ -4,4 +4,7 @@
 pub mod config;
 pub mod engine;
 pub mod node;
+pub mod peer;
+pub mod quic_server;
 pub mod raft_store;
+pub mod tls;

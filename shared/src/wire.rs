@@ -108,6 +108,12 @@ pub struct HeartbeatAck {
     pub seq: u64,
 }
 
+/// Raft messages from one coordinator to another, batched (each is a raft-rs protobuf `Message`).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RaftBatch {
+    pub messages: Vec<Vec<u8>>,
+}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -157,6 +163,7 @@ messages! {
     3 => Refused,
     4 => Heartbeat,
     5 => HeartbeatAck,
+    6 => RaftBatch,
 }
 
 /// Encodes a message as one frame.
@@ -306,6 +313,10 @@ mod tests {
             .into(),
             Heartbeat { seq: u64::MAX }.into(),
             HeartbeatAck { seq: 7 }.into(),
+            RaftBatch {
+                messages: vec![vec![1, 2, 3], vec![]],
+            }
+            .into(),
         ];
         for m in &all {
             assert_eq!(&round_trip(m), m);
@@ -436,6 +447,8 @@ mod tests {
             .into()),
             any::<u64>().prop_map(|seq| Heartbeat { seq }.into()),
             any::<u64>().prop_map(|seq| HeartbeatAck { seq }.into()),
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)
+                .prop_map(|messages| RaftBatch { messages }.into()),
         ]
     }
 
