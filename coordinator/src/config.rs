@@ -18,6 +18,9 @@ pub struct CoordinatorConfig {
     pub api_listen: SocketAddr,
     /// Address of the QUIC endpoint for peers, agents and builders.
     pub quic_listen: SocketAddr,
+    /// QUIC address other nodes dial to reach this coordinator; defaults to `quic_listen`, with 127.0.0.1 in
+    /// place of an unspecified IP (right only on a one-machine cluster).
+    pub quic_advertise: Option<String>,
     /// URL of the API as clients reach it; repo and Space URLs are built from it.
     pub public_url: String,
     /// Domain under which Spaces are served as `SUBDOMAIN.APPS_DOMAIN`.
@@ -39,10 +42,11 @@ impl Default for CoordinatorConfig {
             data_dir: PathBuf::from("/var/lib/spacedock/coordinator"),
             api_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             quic_listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            quic_advertise: None,
             public_url: "http://localhost:8080".into(),
             apps_domain: "localhost".into(),
             join: Vec::new(),
-            log: "info".into(),
+            log: "info,raft=warn".into(),
             flavors: CatalogConfig::default(),
             node_shapes: Vec::new(),
         }
@@ -50,6 +54,31 @@ impl Default for CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
+    /// The QUIC address to record for this coordinator.
+    pub fn advertised_quic(&self) -> String {
+        match &self.quic_advertise {
+            Some(addr) => addr.clone(),
+            None if self.quic_listen.ip().is_unspecified() => {
+                format!("127.0.0.1:{}", self.quic_listen.port())
+            }
+            None => self.quic_listen.to_string(),
+        }
+    }
+
+    /// The port in `public_url`, where the ingress is reached too.
+    pub fn public_port(&self) -> Option<u16> {
+        let rest = self
+            .public_url
+            .split_once("://")
+            .map_or(self.public_url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        match authority.rsplit_once(':') {
+            Some((_, port)) => port.parse().ok(),
+            None if self.public_url.starts_with("https://") => Some(443),
+            None => Some(80),
+        }
+    }
+
     /// Checks what the types cannot: returns the catalog in force, or every problem found.
     pub fn validate(&self) -> Result<Catalog, Vec<String>> {
         let mut problems = Vec::new();

@@ -1,10 +1,12 @@
 //! The coordinator's IO shell around `spacedock-coordinator-core`: storage engine, Raft store and driver, peer
 //! transport and HTTP API.
 
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod node;
 pub mod peer;
 pub mod quic_server;
 pub mod raft_store;
+pub mod service;
 pub mod tls;

@@ -56,16 +56,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     )? {
         return Ok(ExitCode::SUCCESS);
     }
-    let n_flavors = catalog.map_or(0, |c| c.iter().count());
-    tracing::info!(
-        node_id = config.node_id,
-        n_flavors,
-        "flavor catalog in force"
-    );
-    anyhow::bail!(
-        "the replicated control plane is not part of this build yet (tracked as issue #3); \
-         use --print-config to check a config"
-    )
+    let catalog = catalog.ok_or_else(|| anyhow::anyhow!("the flavor catalog is invalid"))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(spacedock_coordinator::service::run(
+        config,
+        catalog,
+        shutdown_signal(),
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this coordinator");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
 }
 
 /// Flags win over the config file.

@@ -1,5 +1,6 @@
 //! Raft between coordinators over QUIC with mutual TLS: an outgoing queue and long-lived stream per peer that
-//! batches whatever accumulated into one frame, and the receiving side that checks the sender's certificate.
+//! batches whatever accumulated into one frame; the receiving side checks the sender's certificate and also
+//! answers status requests.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use spacedock_net::{FramedReader, dial_handshake, send};
-use spacedock_shared::wire::{self, RaftBatch, Role};
+use spacedock_shared::wire::{self, RaftBatch, Role, StatusReply, StatusRequest};
 use tokio::sync::mpsc;
 
 use crate::node::{NodeHandle, Transport};
@@ -22,12 +23,72 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Finds a peer's QUIC address by Raft id (from the replicated member list).
 pub type Resolver = Arc<dyn Fn(u64) -> Option<SocketAddr> + Send + Sync>;
 
+/// Opens authenticated streams to other coordinators.
+#[derive(Clone)]
+pub struct Peers {
+    pub id: u64,
+    pub endpoint: quinn::Endpoint,
+    pub client_config: quinn::ClientConfig,
+    pub resolve: Resolver,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    /// A new stream to coordinator `to`, past the opening handshake.
+    pub async fn open(
+        &self,
+        to: u64,
+    ) -> anyhow::Result<(quinn::SendStream, FramedReader<quinn::RecvStream>)> {
+        let addr =
+            (self.resolve)(to).ok_or_else(|| anyhow::anyhow!("no address known for node {to}"))?;
+        let connection = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, tls::SERVER_NAME)?
+            .await?;
+        let (mut tx, rx) = connection.open_bi().await?;
+        let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
+        let software = spacedock_cli_common::software("spacedock-coordinator");
+        let name = format!("coordinator-{}", self.id);
+        dial_handshake(
+            &mut rx,
+            &mut tx,
+            Role::Coordinator,
+            &software,
+            &name,
+            HANDSHAKE_TIMEOUT,
+        )
+        .await?;
+        Ok((tx, rx))
+    }
+
+    /// Asks coordinator `to` for its Raft status.
+    pub async fn status(&self, to: u64, timeout: Duration) -> anyhow::Result<StatusReply> {
+        let ask = async {
+            let (mut tx, mut rx) = self.open(to).await?;
+            send(&mut tx, &StatusRequest {}.into()).await?;
+            match rx.recv().await? {
+                Some(wire::Message::StatusReply(reply)) => Ok(reply),
+                other => Err(anyhow::anyhow!(
+                    "unexpected answer to a status request: {other:?}"
+                )),
+            }
+        };
+        tokio::time::timeout(timeout, ask)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
+    }
+}
+
 /// Sends Raft messages to peers over QUIC. Messages to an unreachable peer are dropped; Raft retries.
 pub struct QuicTransport {
-    id: u64,
-    endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
-    resolve: Resolver,
+    peers: Peers,
     runtime: tokio::runtime::Handle,
     queues: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
 }
@@ -35,24 +96,15 @@ pub struct QuicTransport {
 impl std::fmt::Debug for QuicTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuicTransport")
-            .field("id", &self.id)
+            .field("id", &self.peers.id)
             .finish_non_exhaustive()
     }
 }
 
 impl QuicTransport {
-    pub fn new(
-        id: u64,
-        endpoint: quinn::Endpoint,
-        client_config: quinn::ClientConfig,
-        resolve: Resolver,
-        runtime: tokio::runtime::Handle,
-    ) -> QuicTransport {
+    pub fn new(peers: Peers, runtime: tokio::runtime::Handle) -> QuicTransport {
         QuicTransport {
-            id,
-            endpoint,
-            client_config,
-            resolve,
+            peers,
             runtime,
             queues: Mutex::new(HashMap::new()),
         }
@@ -64,14 +116,7 @@ impl QuicTransport {
             return q.clone();
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let sender = PeerSender {
-            from: self.id,
-            to,
-            endpoint: self.endpoint.clone(),
-            client_config: self.client_config.clone(),
-            resolve: self.resolve.clone(),
-        };
-        self.runtime.spawn(sender.run(rx));
+        self.runtime.spawn(send_loop(to, self.peers.clone(), rx));
         queues.insert(to, tx.clone());
         tx
     }
@@ -88,89 +133,59 @@ impl Transport for QuicTransport {
     }
 }
 
-struct PeerSender {
-    from: u64,
-    to: u64,
-    endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
-    resolve: Resolver,
-}
-
-impl PeerSender {
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Message>) {
-        let mut stream: Option<quinn::SendStream> = None;
-        let mut failures = 0u32;
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-            if stream.is_none() {
-                match self.connect().await {
-                    Ok(s) => {
-                        failures = 0;
-                        stream = Some(s);
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        if failures == 1 || failures.is_multiple_of(50) {
-                            tracing::warn!(to = self.to, error = %e, "cannot reach peer; dropping raft messages");
-                        }
-                        tokio::time::sleep(
-                            Duration::from_millis(100).min(Duration::from_millis(20) * failures),
-                        )
-                        .await;
-                        continue;
-                    }
-                }
-            }
-            let messages = batch
-                .iter()
-                .filter_map(|m| m.write_to_bytes().ok())
-                .collect();
-            if let Some(s) = stream.as_mut()
-                && let Err(e) = send(s, &RaftBatch { messages }.into()).await
-            {
-                tracing::debug!(to = self.to, error = %e, "peer stream broke; reconnecting");
-                stream = None;
+/// Drains one peer's queue onto a long-lived stream, reconnecting after failures.
+async fn send_loop(to: u64, peers: Peers, mut rx: mpsc::UnboundedReceiver<Message>) {
+    let mut stream: Option<quinn::SendStream> = None;
+    let mut failures = 0u32;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
             }
         }
-    }
-
-    async fn connect(&self) -> anyhow::Result<quinn::SendStream> {
-        let addr = (self.resolve)(self.to)
-            .ok_or_else(|| anyhow::anyhow!("no address known for node {}", self.to))?;
-        let connection = self
-            .endpoint
-            .connect_with(self.client_config.clone(), addr, tls::SERVER_NAME)?
-            .await?;
-        let (mut tx, rx) = connection.open_bi().await?;
-        let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
-        let software = spacedock_cli_common::software("spacedock-coordinator");
-        dial_handshake(
-            &mut rx,
-            &mut tx,
-            Role::Coordinator,
-            &software,
-            &format!("coordinator-{}", self.from),
-            HANDSHAKE_TIMEOUT,
-        )
-        .await?;
-        tracing::debug!(to = self.to, %addr, "raft stream to peer open");
-        Ok(tx)
+        if stream.is_none() {
+            match peers.open(to).await {
+                Ok((s, _)) => {
+                    failures = 0;
+                    tracing::debug!(to, "raft stream to peer open");
+                    stream = Some(s);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(50) {
+                        tracing::warn!(to, error = %e, "cannot reach peer; dropping raft messages");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20) * failures.min(5)).await;
+                    continue;
+                }
+            }
+        }
+        let messages = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
+        if let Some(s) = stream.as_mut()
+            && let Err(e) = send(s, &RaftBatch { messages }.into()).await
+        {
+            tracing::debug!(to, error = %e, "peer stream broke; reconnecting");
+            stream = None;
+        }
     }
 }
 
-/// Receives Raft batches from an authenticated coordinator `peer_id` and steps them into the local node.
-/// Messages claiming another sender are dropped.
-pub async fn receive<R: tokio::io::AsyncRead + Unpin>(
+/// Serves a stream from an authenticated coordinator `peer_id`: Raft batches are stepped into the local node
+/// (messages claiming another sender are dropped), status requests are answered.
+pub async fn receive<R, W>(
     mut reader: FramedReader<R>,
+    mut writer: W,
     peer_id: u64,
     node: NodeHandle,
-) {
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     loop {
         match reader.recv().await {
             Ok(Some(wire::Message::RaftBatch(batch))) => {
@@ -188,17 +203,31 @@ pub async fn receive<R: tokio::io::AsyncRead + Unpin>(
                     }
                 }
             }
+            Ok(Some(wire::Message::StatusRequest(_))) => {
+                let s = node.status();
+                let reply = StatusReply {
+                    id: s.id,
+                    role: s.role,
+                    term: s.term,
+                    leader: s.leader.unwrap_or(0),
+                    commit_index: s.commit_index,
+                    applied_index: s.applied_index,
+                };
+                if send(&mut writer, &reply.into()).await.is_err() {
+                    return;
+                }
+            }
             Ok(Some(other)) => {
                 tracing::warn!(
                     peer_id,
                     kind = other.name(),
-                    "unexpected message on a raft stream; closing it"
+                    "unexpected message on a coordinator stream; closing it"
                 );
                 return;
             }
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(peer_id, error = %e, "raft stream closed");
+                tracing::debug!(peer_id, error = %e, "coordinator stream closed");
                 return;
             }
         }

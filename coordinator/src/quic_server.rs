@@ -59,7 +59,7 @@ async fn handle_connection(connection: quinn::Connection, peer: Option<String>, 
                 }
             };
             match (hello.role, peer.as_deref().and_then(coordinator_id)) {
-                (Role::Coordinator, Some(peer_id)) => peer::receive(reader, peer_id, node).await,
+                (Role::Coordinator, Some(peer_id)) => peer::receive(reader, tx, peer_id, node).await,
                 (role, _) => {
                     let message = format!("a {role:?} stream needs a certificate for that role from this cluster's CA");
                     let refused = Refused { code: RefuseCode::Unauthorized, message };

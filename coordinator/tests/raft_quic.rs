@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::ConfChangeType;
 use spacedock_coordinator::engine::{Engine, SledEngine};
 use spacedock_coordinator::node::{self, NodeConfig, NodeHandle};
-use spacedock_coordinator::peer::QuicTransport;
+use spacedock_coordinator::peer::{Peers, QuicTransport};
 use spacedock_coordinator::quic_server;
 use spacedock_coordinator::raft_store::RaftStore;
 use spacedock_coordinator::tls::{self, ClusterCa};
@@ -46,6 +46,7 @@ fn member(id: u64, addr: SocketAddr) -> Member {
 struct Started {
     handle: NodeHandle,
     addr: SocketAddr,
+    peers: Peers,
 }
 
 fn start(
@@ -85,13 +86,13 @@ fn start(
         node::bootstrap(&store, id, &state).unwrap();
     }
     let resolve = move |peer: u64| addrs.lock().unwrap().get(&peer).copied();
-    let transport = QuicTransport::new(
+    let peers = Peers {
         id,
-        endpoint.clone(),
-        tls::client_config(&identity).unwrap(),
-        Arc::new(resolve),
-        tokio::runtime::Handle::current(),
-    );
+        endpoint: endpoint.clone(),
+        client_config: tls::client_config(&identity).unwrap(),
+        resolve: Arc::new(resolve),
+    };
+    let transport = QuicTransport::new(peers.clone(), tokio::runtime::Handle::current());
     let config = NodeConfig {
         tick: Duration::from_millis(20),
         ..NodeConfig::new(id)
@@ -101,7 +102,11 @@ fn start(
     if bootstrap {
         handle.campaign();
     }
-    Started { handle, addr }
+    Started {
+        handle,
+        addr,
+        peers,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,6 +157,13 @@ async fn three_coordinators_replicate_over_quic() {
         assert_eq!(n.handle.read(TIMEOUT, |s| s.users.len()).await.unwrap(), 51);
         assert_eq!(n.handle.read_local(|s| s.members.len()), 3);
     }
+    // Status over the peer connection, as `GET /api/cluster/status` asks it.
+    let reply = others[1].peers.status(1, TIMEOUT).await.unwrap();
+    assert_eq!(
+        (reply.id, reply.role.as_str(), reply.leader),
+        (1, "leader", 1)
+    );
+    assert!(reply.applied_index >= 54, "{reply:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,23 @@ pub struct RaftBatch {
     pub messages: Vec<Vec<u8>>,
 }
 
+/// Asks a coordinator for its own Raft status.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StatusRequest {}
+
+/// A coordinator's own Raft status.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StatusReply {
+    pub id: u64,
+    /// `leader`, `follower`, `candidate` or `pre-candidate`.
+    pub role: String,
+    pub term: u64,
+    /// The leader this node knows, 0 for none.
+    pub leader: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -164,6 +181,8 @@ messages! {
     4 => Heartbeat,
     5 => HeartbeatAck,
     6 => RaftBatch,
+    7 => StatusRequest,
+    8 => StatusReply,
 }
 
 /// Encodes a message as one frame.

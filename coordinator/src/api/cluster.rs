@@ -1,0 +1,325 @@
+//! Identity (`whoami-v2`), README validation, and the operator's endpoints: cluster status, users,
+//! organizations and tokens.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State as AxumState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post, put};
+use axum::{Router, response::Json as JsonResponse};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use spacedock_coordinator_core::Command;
+use spacedock_coordinator_core::access::hash_secret;
+use spacedock_coordinator_core::command::NewToken;
+use spacedock_coordinator_core::state::Role;
+use spacedock_shared::flavor::Catalog;
+use spacedock_shared::space_config::{Severity, validate_readme};
+
+use super::{Api, ApiError, Json, new_id};
+
+pub fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/whoami-v2", get(whoami))
+        .route("/api/validate-yaml", post(validate_yaml))
+        .route("/api/cluster/status", get(status))
+        .route("/api/cluster/users", post(create_user))
+        .route("/api/cluster/orgs", post(create_org))
+        .route("/api/cluster/orgs/{org}/members", put(set_member))
+        .route("/api/cluster/tokens", post(create_token))
+        .route("/api/cluster/tokens/{id}", delete(revoke_token))
+}
+
+/// A new token secret: `hf_` and 37 random letters and digits, like the Hub's.
+pub fn new_token_secret() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let body: String = (0..37)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("hf_{body}")
+}
+
+async fn whoami(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let value = api
+        .read(&headers, |state, p| {
+            let p = p.ok_or_else(|| ApiError::unauthorized("a token is required"))?;
+            let orgs: Vec<Value> = state
+                .orgs_of(&p.user.name)
+                .map(|(org, role)| {
+                    json!({ "id": org.id, "type": "org", "name": org.name, "fullname": org.fullname, "avatarUrl": "", "roleInOrg": role.as_str() })
+                })
+                .collect();
+            Ok(json!({
+                "id": p.user.id,
+                "type": "user",
+                "name": p.user.name,
+                "fullname": p.user.fullname,
+                "email": p.user.email,
+                "emailVerified": p.user.email.is_some(),
+                "isPro": false,
+                "canPay": false,
+                "avatarUrl": "",
+                "periodEnd": null,
+                "isAdmin": p.user.is_admin,
+                "orgs": orgs,
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": { "displayName": p.token.display_name, "role": p.token.role.as_str() },
+                },
+            }))
+        })
+        .await?;
+    Ok(JsonResponse(value))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ValidateBody {
+    content: String,
+    repo_type: Option<String>,
+}
+
+/// Always JSON: `{"errors": [...], "warnings": [...]}`, 400 when there are errors.
+async fn validate_yaml(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Json(body): Json<ValidateBody>,
+) -> Result<(StatusCode, JsonResponse<Value>), ApiError> {
+    if body.repo_type.as_deref().is_some_and(|t| t != "space") {
+        // Model and dataset cards have no Space config to check.
+        return Ok((
+            StatusCode::OK,
+            JsonResponse(json!({ "errors": [], "warnings": [] })),
+        ));
+    }
+    let flavors = api
+        .read(&headers, |state, _| Ok(state.flavors.clone()))
+        .await?;
+    let report = validate_readme(body.content.as_bytes(), &Catalog::from_flavors(flavors));
+    let shape = |severity| -> Vec<Value> {
+        report
+            .problems
+            .iter()
+            .filter(|p| p.severity == severity)
+            .map(|p| json!({ "message": format!("line {}: {}: {}", p.line, p.key, p.message), "line": p.line, "key": p.key }))
+            .collect()
+    };
+    let errors = shape(Severity::Error);
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((
+        status,
+        JsonResponse(json!({ "errors": errors, "warnings": shape(Severity::Warning) })),
+    ))
+}
+
+fn require_admin(
+    p: Option<&spacedock_coordinator_core::access::Principal<'_>>,
+) -> Result<(), ApiError> {
+    match p {
+        None => Err(ApiError::unauthorized("a token is required")),
+        Some(p) if p.is_cluster_admin() => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "this needs a cluster admin token",
+        )),
+    }
+}
+
+/// `{"leader": ID, "term": N, "members": [{"id", "api_url", "role", "applied_index"}, ...]}`.
+async fn status(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let members = api
+        .read(&headers, |state, p| {
+            require_admin(p)?;
+            Ok(state.members.values().cloned().collect::<Vec<_>>())
+        })
+        .await?;
+    let local = api.node.status();
+    let mut rows = Vec::new();
+    for m in members {
+        let (role, applied, reachable) = if m.id == local.id {
+            (local.role.clone(), Some(local.applied_index), true)
+        } else {
+            match &api.peers {
+                Some(peers) => match peers.status(m.id, Duration::from_secs(2)).await {
+                    Ok(reply) => (reply.role, Some(reply.applied_index), true),
+                    Err(e) => {
+                        tracing::debug!(member = m.id, error = %e, "member did not answer a status request");
+                        ("unreachable".to_owned(), None, false)
+                    }
+                },
+                None => ("unknown".to_owned(), None, false),
+            }
+        };
+        let role = if local.voters.contains(&m.id) || local.learners.contains(&m.id) || !reachable {
+            role
+        } else {
+            "removed".to_owned()
+        };
+        rows.push(json!({ "id": m.id, "api_url": m.api_url, "quic_addr": m.quic_addr, "role": role, "applied_index": applied }));
+    }
+    Ok(JsonResponse(json!({
+        "leader": local.leader,
+        "term": local.term,
+        "commit_index": local.commit_index,
+        "members": rows,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct UserBody {
+    name: String,
+    fullname: Option<String>,
+    email: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+async fn create_user(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Json(body): Json<UserBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let id = new_id();
+    let command = Command::CreateUser {
+        id: id.clone(),
+        name: body.name.clone(),
+        fullname: body.fullname.unwrap_or_else(|| body.name.clone()),
+        email: body.email,
+        is_admin: body.admin,
+    };
+    api.write(&headers, command).await?;
+    Ok(JsonResponse(json!({ "id": id, "name": body.name })))
+}
+
+#[derive(Debug, Deserialize)]
+struct OrgBody {
+    name: String,
+    fullname: Option<String>,
+}
+
+async fn create_org(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Json(body): Json<OrgBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let id = new_id();
+    let fullname = body.fullname.unwrap_or_else(|| body.name.clone());
+    api.write(
+        &headers,
+        Command::CreateOrg {
+            id: id.clone(),
+            name: body.name.clone(),
+            fullname,
+        },
+    )
+    .await?;
+    Ok(JsonResponse(json!({ "id": id, "name": body.name })))
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberBody {
+    user: String,
+    /// `read`, `write`, `admin`, or null to remove.
+    role: Option<String>,
+}
+
+async fn set_member(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Json(body): Json<MemberBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let role = match body.role.as_deref() {
+        None => None,
+        Some(r) => Some(Role::parse(r).ok_or_else(|| {
+            ApiError::bad_request(format!("role: `{r}` is not one of read, write, admin"))
+        })?),
+    };
+    api.write(
+        &headers,
+        Command::SetOrgMember {
+            org,
+            user: body.user,
+            role,
+        },
+    )
+    .await?;
+    Ok(JsonResponse(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenBody {
+    /// Defaults to the caller's own user.
+    owner: Option<String>,
+    name: String,
+    role: String,
+    expires_in_seconds: Option<u64>,
+}
+
+/// Creates a token; its secret is in this response and nowhere else, ever.
+async fn create_token(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Json(body): Json<TokenBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "role: `{}` is not one of read, write, admin",
+            body.role
+        ))
+    })?;
+    let owner = match body.owner {
+        Some(owner) => owner,
+        None => {
+            api.read(&headers, |_, p| {
+                p.map(|p| p.user.name.clone())
+                    .ok_or_else(|| ApiError::unauthorized("a token is required"))
+            })
+            .await?
+        }
+    };
+    let secret = new_token_secret();
+    let id = new_id();
+    let expires_at = body
+        .expires_in_seconds
+        .map(|s| (api.clock)() + s.saturating_mul(1000));
+    let token = NewToken {
+        id: id.clone(),
+        owner: owner.clone(),
+        display_name: body.name,
+        role,
+        secret_hash: hash_secret(&secret),
+        expires_at,
+    };
+    api.write(&headers, Command::CreateToken { token }).await?;
+    Ok(JsonResponse(json!({
+        "id": id,
+        "owner": owner,
+        "role": role.as_str(),
+        "token": secret,
+        "expiresAt": expires_at.map(super::iso8601),
+    })))
+}
+
+async fn revoke_token(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    api.write(&headers, Command::RevokeToken { id }).await?;
+    Ok(JsonResponse(json!({})))
+}
