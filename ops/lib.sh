@@ -38,3 +38,16 @@ ensure_rust() {
     rustup component add rustfmt clippy
   fi
 }
+
+# The Python client the tests drive the API with, pinned, in target/test-venv.
+HF_HUB_VERSION=2.4.0
+ensure_test_venv() {
+  local venv=target/test-venv
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import huggingface_hub as h; assert h.__version__ == '$HF_HUB_VERSION'" 2>/dev/null; then
+    return 0
+  fi
+  step "python venv with huggingface_hub==$HF_HUB_VERSION"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "huggingface_hub==$HF_HUB_VERSION"
+}

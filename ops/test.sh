@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 # shellcheck source=ops/lib.sh
 . ops/lib.sh
 
-ensure_debian_packages protobuf-compiler build-essential git ca-certificates
+ensure_debian_packages protobuf-compiler build-essential git ca-certificates python3 python3-venv
 ensure_rust
+ensure_test_venv
+
+# cluster-tests run the official huggingface_hub client from this virtual environment.
+export SPACEDOCK_TEST_PYTHON="$PWD/target/test-venv/bin/python"
 
 step "cargo fmt --check"
 cargo fmt --all --check

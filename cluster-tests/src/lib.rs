@@ -1,12 +1,15 @@
-//! Helpers for tests that run the real spacedock binaries: finding them, running them, reading their output.
+//! Helpers for tests that run the real spacedock binaries: finding them, running them, starting coordinators on
+//! free ports in temp dirs, and the Python client the API is tested with.
 //!
-//! The binaries come from `cargo build --workspace --bins` (ops/test.sh does it first). A missing binary fails the
-//! test with that instruction; nothing is skipped.
+//! The binaries come from `cargo build --workspace --bins` and the Python environment from `ensure_test_venv`
+//! (ops/test.sh does both first). Anything missing fails the test with that instruction; nothing is skipped.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a test harness: panics are how tests fail
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The four binaries.
 pub const BINARIES: &[&str] = &[
@@ -40,6 +43,19 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The Python with `huggingface_hub` installed (`SPACEDOCK_TEST_PYTHON`, else `target/test-venv`).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("SPACEDOCK_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/test-venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: run ops/test.sh, which creates the virtual environment with huggingface_hub",
+        path.display()
+    );
+    path
+}
+
 /// Runs a binary with arguments and environment, with RUST_LOG cleared unless given.
 pub fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result {
     let mut cmd = Command::new(binary(name));
@@ -71,4 +87,156 @@ impl From<Output> for Result {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+}
+
+/// A free TCP (and, in practice, UDP) port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A coordinator process; killed when dropped.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub api_url: String,
+    pub quic_addr: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Coordinator {
+    /// Starts a coordinator that bootstraps a new cluster in `dir`, and waits until it answers.
+    pub fn bootstrap(dir: &Path) -> Coordinator {
+        let api_port = free_port();
+        let quic_port = free_port();
+        let mut c = Coordinator {
+            id: 1,
+            data_dir: dir.join("coordinator-1"),
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            quic_addr: format!("127.0.0.1:{quic_port}"),
+            log: dir.join("coordinator-1.log"),
+            child: None,
+        };
+        c.start();
+        c.wait_ready();
+        c
+    }
+
+    /// (Re)starts the process with the same data dir and ports.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let api_listen = self.api_url.trim_start_matches("http://").to_owned();
+        let child = Command::new(binary("spacedock-coordinator"))
+            .args(["--node-id", &self.id.to_string()])
+            .args(["--data-dir", self.data_dir.to_str().unwrap()])
+            .args([
+                "--api-listen",
+                &api_listen,
+                "--quic-listen",
+                &self.quic_addr,
+            ])
+            .args(["--public-url", &self.api_url])
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning spacedock-coordinator");
+        self.child = Some(child);
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Waits until `whoami-v2` answers for the admin token.
+    pub fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            if self.data_dir.join("admin-token").exists() {
+                let code = http_status(
+                    "GET",
+                    &format!("{}/api/whoami-v2", self.api_url),
+                    Some(&self.admin_token()),
+                );
+                if code == Some(200) {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "coordinator did not become ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The status code of a bodiless HTTP/1.1 request, or `None` when nothing answered.
+pub fn http_status(method: &str, url: &str, token: Option<&str>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(authority).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs a Python script from `cluster-tests/python` with the client environment.
+pub fn run_python(script: &str, env: &[(&str, &str)]) -> Result {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("cluster-tests/python").join(script))
+        .env("HF_HUB_DISABLE_XET", "1")
+        .env("HF_HUB_DISABLE_TELEMETRY", "1")
+        .env("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("spacedock-test-hf-home"),
+        )
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Result::from(cmd.output().expect("running python"))
 }
