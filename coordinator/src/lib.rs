@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod join;
 pub mod node;
 pub mod peer;
 pub mod quic_server;

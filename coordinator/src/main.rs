@@ -30,9 +30,12 @@ struct Cli {
     /// Domain under which Spaces are served.
     #[arg(long)]
     apps_domain: Option<String>,
-    /// QUIC addresses of running coordinators to join, comma-separated.
+    /// QUIC addresses of running coordinators to join, comma-separated (first start only).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
+    /// Join token from `spacedock cluster join-token create --role coordinator` (with `--join`).
+    #[arg(long, env = "SPACEDOCK_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .daemon
         .load(|c: &mut CoordinatorConfig| &mut c.data_dir, |c| &mut c.log)?;
     let print_config = cli.daemon.print_config;
+    let join_token = cli.token.clone();
     apply_flags(&mut config, cli);
     let check = config.validate();
     let catalog = check.clone().ok();
@@ -61,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(spacedock_coordinator::service::run(
         config,
         catalog,
+        join_token,
         shutdown_signal(),
     ))?;
     Ok(ExitCode::SUCCESS)

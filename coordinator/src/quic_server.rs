@@ -1,21 +1,23 @@
 //! The coordinator's QUIC endpoint: accepts connections, runs the opening handshake on each stream, and hands
-//! the stream to the role the peer's certificate allows (today: Raft from other coordinators).
+//! the stream to what the peer's certificate allows: Raft and status from other coordinators; from nodes
+//! without a certificate, only a join request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use spacedock_net::{FramedReader, accept_handshake, send};
 use spacedock_shared::wire::{self, RefuseCode, Refused, Role};
 use tracing::Instrument as _;
 
-use crate::node::NodeHandle;
+use crate::join::{self, Authority};
 use crate::{peer, tls};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, node: NodeHandle) {
+pub async fn serve(endpoint: quinn::Endpoint, authority: Arc<Authority>) {
     while let Some(incoming) = endpoint.accept().await {
-        let node = node.clone();
+        let authority = authority.clone();
         tokio::spawn(async move {
             match incoming.await {
                 Ok(connection) => {
@@ -25,7 +27,7 @@ pub async fn serve(endpoint: quinn::Endpoint, node: NodeHandle) {
                         remote = %connection.remote_address(),
                         peer = peer.as_deref().unwrap_or("-")
                     );
-                    handle_connection(connection, peer, node)
+                    handle_connection(connection, peer, authority)
                         .instrument(span)
                         .await
                 }
@@ -35,42 +37,74 @@ pub async fn serve(endpoint: quinn::Endpoint, node: NodeHandle) {
     }
 }
 
-async fn handle_connection(connection: quinn::Connection, peer: Option<String>, node: NodeHandle) {
+async fn handle_connection(
+    connection: quinn::Connection,
+    peer: Option<String>,
+    authority: Arc<Authority>,
+) {
     loop {
-        let (mut tx, rx) = match connection.accept_bi().await {
+        let (tx, rx) = match connection.accept_bi().await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(error = %e, "connection closed");
                 return;
             }
         };
-        let node = node.clone();
+        let authority = authority.clone();
         let peer = peer.clone();
-        let span = tracing::Span::current();
-        tokio::spawn(
-            async move {
-            let mut reader = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
-            let software = spacedock_cli_common::software("spacedock-coordinator");
-            let hello = match accept_handshake(&mut reader, &mut tx, &software, HANDSHAKE_TIMEOUT).await {
-                Ok((hello, _version)) => hello,
-                Err(e) => {
-                    tracing::debug!(error = %e, "handshake failed");
-                    return;
-                }
-            };
-            match (hello.role, peer.as_deref().and_then(coordinator_id)) {
-                (Role::Coordinator, Some(peer_id)) => peer::receive(reader, tx, peer_id, node).await,
-                (role, _) => {
-                    let message = format!("a {role:?} stream needs a certificate for that role from this cluster's CA");
-                    let refused = Refused { code: RefuseCode::Unauthorized, message };
-                    let _ = send(&mut tx, &refused.into()).await;
-                    let _ = tx.finish();
-                }
-            }
-        }
-            .instrument(span),
-        );
+        tokio::spawn(handle_stream(tx, rx, peer, authority).instrument(tracing::Span::current()));
     }
+}
+
+async fn handle_stream(
+    mut tx: quinn::SendStream,
+    rx: quinn::RecvStream,
+    peer: Option<String>,
+    authority: Arc<Authority>,
+) {
+    let mut reader = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
+    let software = spacedock_cli_common::software("spacedock-coordinator");
+    let hello = match accept_handshake(&mut reader, &mut tx, &software, HANDSHAKE_TIMEOUT).await {
+        Ok((hello, _version)) => hello,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    match (hello.role, peer.as_deref()) {
+        (Role::Coordinator, Some(name)) if coordinator_id(name).is_some() => {
+            let peer_id = coordinator_id(name).unwrap_or_default();
+            peer::receive(reader, tx, peer_id, authority.node.clone()).await
+        }
+        (_, None) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
+            Ok(Ok(Some(wire::Message::JoinRequest(request)))) if request.role == hello.role => {
+                join::admit(&authority, request, reader, tx).await
+            }
+            _ => {
+                refuse(
+                    &mut tx,
+                    "a node without a certificate may only send a join request for its role",
+                )
+                .await
+            }
+        },
+        (role, Some(name)) => {
+            refuse(
+                &mut tx,
+                &format!("`{name}` cannot open a {role:?} stream here"),
+            )
+            .await
+        }
+    }
+}
+
+async fn refuse(tx: &mut quinn::SendStream, message: &str) {
+    let refused = Refused {
+        code: RefuseCode::Unauthorized,
+        message: message.to_owned(),
+    };
+    let _ = send(tx, &refused.into()).await;
+    let _ = tx.finish();
 }
 
 /// `coordinator-3` → 3.

@@ -19,11 +19,13 @@ use spacedock_shared::flavor::Catalog;
 use crate::api::{self, Api};
 use crate::config::CoordinatorConfig;
 use crate::engine::{Engine, SledEngine};
+use crate::join::{self, Authority};
 use crate::node::{self, NodeConfig, NodeHandle};
 use crate::peer::{Peers, QuicTransport};
 use crate::quic_server;
 use crate::raft_store::RaftStore;
 use crate::tls::{self, ClusterCa, Identity};
+use spacedock_shared::wire::{self, JoinRequest};
 
 /// How long API calls wait for a commit or a quorum read.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,10 +48,12 @@ impl DataDir {
     }
 }
 
-/// Runs the coordinator until `shutdown` resolves.
+/// Runs the coordinator until `shutdown` resolves. `join_token` is needed when the store is empty and
+/// `config.join` names coordinators to join.
 pub async fn run(
     config: CoordinatorConfig,
     catalog: Catalog,
+    join_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dir = DataDir {
@@ -60,14 +64,46 @@ pub async fn run(
     let store = RaftStore::open(engine)
         .with_context(|| format!("opening the Raft store in {}", dir.raft().display()))?;
     let mut fresh = false;
+    let mut pending = None;
     if !store.is_initialized() {
-        if !config.join.is_empty() {
-            bail!(
-                "joining an existing cluster over QUIC is not part of this build yet; start this coordinator without `join` to bootstrap a new cluster"
-            );
+        if config.join.is_empty() {
+            if dir.tls().join("node.pem").exists() {
+                bail!(
+                    "{} belongs to a cluster but holds no Raft state yet; start it with `--join` and a join token to \
+                     finish joining, instead of bootstrapping a second cluster",
+                    dir.root.display()
+                );
+            }
+            bootstrap(&config, &catalog, &dir, &store)?;
+            fresh = true;
+        } else {
+            let token = join_token
+                .ok_or_else(|| anyhow::anyhow!("joining needs a join token (`--token`)"))?;
+            let client = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+                .context("QUIC client endpoint")?;
+            let request = JoinRequest {
+                token,
+                role: wire::Role::Coordinator,
+                node_id: config.node_id,
+                name: format!("coordinator-{}", config.node_id),
+                api_url: config.public_url.clone(),
+                quic_addr: config.advertised_quic(),
+            };
+            let joining =
+                join::request(&client, &config.join, &request.token.clone(), request).await?;
+            let reply = &joining.reply;
+            let ca = ClusterCa {
+                cert_pem: reply.ca_pem.clone(),
+                key_pem: reply.ca_key_pem.clone(),
+            };
+            let identity = Identity {
+                chain_pem: reply.chain_pem.clone(),
+                key_pem: reply.key_pem.clone(),
+                ca_pem: reply.ca_pem.clone(),
+            };
+            write_tls(&dir.tls(), &ca, &identity)?;
+            pending = Some((joining, client));
         }
-        bootstrap(&config, &catalog, &dir, &store)?;
-        fresh = true;
     }
     let identity = load_identity(&dir.tls())?;
 
@@ -75,9 +111,22 @@ pub async fn run(
         .with_context(|| format!("binding QUIC on {}", config.quic_listen))?;
     let handle_cell: Arc<OnceLock<NodeHandle>> = Arc::new(OnceLock::new());
     let resolver_cell = handle_cell.clone();
+    // Until a joining coordinator has state, it reaches the others through the addresses in its join reply.
+    let seeds: std::collections::HashMap<u64, String> = pending
+        .as_ref()
+        .map(|(joining, _)| {
+            joining
+                .reply
+                .members
+                .iter()
+                .map(|m| (m.id, m.quic_addr.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     let resolve = move |id: u64| -> Option<SocketAddr> {
         let node = resolver_cell.get()?;
-        node.read_local(|s| s.members.get(&id).and_then(|m| m.quic_addr.parse().ok()))
+        let known = node.read_local(|s| s.members.get(&id).map(|m| m.quic_addr.clone()));
+        known.or_else(|| seeds.get(&id).cloned())?.parse().ok()
     };
     let peers = Peers {
         id: config.node_id,
@@ -91,7 +140,27 @@ pub async fn run(
     if fresh {
         node.campaign();
     }
-    tokio::spawn(quic_server::serve(endpoint.clone(), node.clone()));
+    let ca = ClusterCa {
+        cert_pem: identity.ca_pem.clone(),
+        key_pem: std::fs::read_to_string(dir.tls().join("ca.key")).context("reading the CA key")?,
+    };
+    let authority = Authority {
+        ca_fingerprint: tls::ca_fingerprint(&ca.cert_pem)?,
+        ca,
+        node: node.clone(),
+    };
+    tokio::spawn(quic_server::serve(
+        endpoint.clone(),
+        Arc::new(authority.clone()),
+    ));
+    if let Some((joining, _client)) = pending {
+        let cluster_id = joining.reply.cluster_id.clone();
+        joining.ready().await.context("joining the cluster")?;
+        println!(
+            "spacedock-coordinator: joined cluster {cluster_id} as node {}",
+            config.node_id
+        );
+    }
     tokio::spawn(keep_catalog(node.clone(), catalog));
 
     let api = Api {
@@ -102,6 +171,7 @@ pub async fn run(
         timeout: API_TIMEOUT,
         clock: Arc::new(api::system_clock),
         peers: Some(peers),
+        ca_fingerprint: authority.ca_fingerprint.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

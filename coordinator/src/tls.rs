@@ -177,6 +177,121 @@ pub fn client_config(identity: &Identity) -> anyhow::Result<quinn::ClientConfig>
     Ok(config)
 }
 
+/// Client side for a node that is joining: no certificate yet, and the server is trusted only if its chain
+/// includes a CA certificate whose fingerprint is `ca_fingerprint` (from the join token).
+pub fn join_client_config(ca_fingerprint: &str) -> anyhow::Result<quinn::ClientConfig> {
+    let verifier = Arc::new(PinnedCa {
+        fingerprint: ca_fingerprint.to_owned(),
+        provider: provider(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).context("QUIC client config")?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport()));
+    Ok(config)
+}
+
+/// Trusts a server whose presented chain holds the CA with the pinned fingerprint and whose certificate that CA
+/// signed (checked by webpki with that CA as the only root).
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| blake3::hash(c).to_hex().as_str() == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the join token's fingerprint".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("bad CA certificate: {e}")))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `sdj1-<CA fingerprint>-<secret>`: what `spacedock cluster join-token create` prints.
+pub fn format_join_token(ca_fingerprint: &str, secret: &str) -> String {
+    format!("sdj1-{ca_fingerprint}-{secret}")
+}
+
+/// Splits a join token into the CA fingerprint and the secret.
+pub fn parse_join_token(token: &str) -> anyhow::Result<(String, String)> {
+    let mut parts = token.trim().splitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("sdj1"), Some(fp), Some(secret))
+            if fp.len() == 64
+                && fp.bytes().all(|b| b.is_ascii_hexdigit())
+                && !secret.is_empty() =>
+        {
+            Ok((fp.to_owned(), secret.to_owned()))
+        }
+        _ => Err(anyhow!(
+            "not a spacedock join token (expected `sdj1-<64 hex>-<secret>`)"
+        )),
+    }
+}
+
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
@@ -228,5 +343,20 @@ mod tests {
         server_config(&id).unwrap();
         client_config(&id).unwrap();
         assert!(!format!("{id:?}{ca:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn join_tokens_round_trip() {
+        let fp = "ab".repeat(32);
+        let token = format_join_token(&fp, "s3cret");
+        assert_eq!(parse_join_token(&token).unwrap(), (fp, "s3cret".to_owned()));
+        for bad in [
+            "",
+            "sdj1-xyz-s",
+            "sdj2-abab-s",
+            &format!("sdj1-{}-", "ab".repeat(32)),
+        ] {
+            assert!(parse_join_token(bad).is_err(), "{bad}");
+        }
     }
 }

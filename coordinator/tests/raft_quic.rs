@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfChangeType;
 use spacedock_coordinator::engine::{Engine, SledEngine};
+use spacedock_coordinator::join::Authority;
 use spacedock_coordinator::node::{self, NodeConfig, NodeHandle};
 use spacedock_coordinator::peer::{Peers, QuicTransport};
 use spacedock_coordinator::quic_server;
@@ -98,7 +99,12 @@ fn start(
         ..NodeConfig::new(id)
     };
     let handle = node::start(config, store, Arc::new(transport)).unwrap();
-    tokio::spawn(quic_server::serve(endpoint, handle.clone()));
+    let authority = Authority {
+        ca: ca.clone(),
+        ca_fingerprint: tls::ca_fingerprint(&ca.cert_pem).unwrap(),
+        node: handle.clone(),
+    };
+    tokio::spawn(quic_server::serve(endpoint, Arc::new(authority)));
     if bootstrap {
         handle.campaign();
     }

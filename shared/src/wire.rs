@@ -131,6 +131,50 @@ pub struct StatusReply {
     pub applied_index: u64,
 }
 
+/// A node asking to join the cluster with a join token (on a connection without a client certificate).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JoinRequest {
+    /// The whole join token as printed by `spacedock cluster join-token create`.
+    pub token: String,
+    pub role: Role,
+    /// Coordinators choose their Raft id; agents and builders send 0.
+    pub node_id: u64,
+    pub name: String,
+    /// For coordinators: where the joiner's API and QUIC endpoint will be reached.
+    pub api_url: String,
+    pub quic_addr: String,
+}
+
+/// The cluster's answer to an accepted `JoinRequest`: the joiner's certificate and what it needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JoinReply {
+    pub cluster_id: String,
+    pub node_id: u64,
+    /// The joiner's certificate followed by the CA's, and its key (PEM).
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    /// The CA's key, sent to coordinators only (they sign certificates for later joiners).
+    pub ca_key_pem: String,
+    /// The coordinators as the cluster knows them, so a new one can reach them before it has any state.
+    pub members: Vec<MemberAddr>,
+}
+
+/// A coordinator's Raft id and QUIC address.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MemberAddr {
+    pub id: u64,
+    pub quic_addr: String,
+}
+
+/// A joining coordinator's word that it is running and can be added to the Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JoinReady {}
+
+/// The joining coordinator is now a voter.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Joined {}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -183,6 +227,10 @@ messages! {
     6 => RaftBatch,
     7 => StatusRequest,
     8 => StatusReply,
+    9 => JoinRequest,
+    10 => JoinReply,
+    11 => JoinReady,
+    12 => Joined,
 }
 
 /// Encodes a message as one frame.

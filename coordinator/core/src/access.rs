@@ -2,7 +2,7 @@
 //! (for early, friendly errors) and `apply` (the authority).
 
 use crate::error::ApplyError;
-use crate::state::{Millis, Repo, Role, State, Token, User};
+use crate::state::{JoinToken, Millis, NodeRole, Repo, Role, State, Token, User};
 
 /// Largest variable or secret value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -83,6 +83,34 @@ impl Principal<'_> {
 /// Whether a caller (or an anonymous one) may know a repo exists.
 pub fn can_see(state: &State, principal: Option<&Principal<'_>>, repo: &Repo) -> bool {
     !repo.private || principal.is_some_and(|p| p.role_in(state, repo.namespace()).is_some())
+}
+
+/// The live join token with this secret's hash, for a node joining as `role` at `now`.
+pub fn check_join_token<'a>(
+    state: &'a State,
+    secret_hash: &str,
+    role: NodeRole,
+    now: Millis,
+) -> Result<&'a JoinToken, ApplyError> {
+    let invalid = |why: &str| ApplyError::Unauthorized(format!("join token refused: {why}"));
+    let token = state
+        .join_tokens
+        .get(secret_hash)
+        .ok_or_else(|| invalid("unknown token"))?;
+    if token.revoked {
+        return Err(invalid("the token was revoked"));
+    }
+    if token.expires_at <= now {
+        return Err(invalid("the token has expired"));
+    }
+    if token.role != role {
+        return Err(invalid(&format!(
+            "the token is for {} nodes, not {}",
+            token.role.as_str(),
+            role.as_str()
+        )));
+    }
+    Ok(token)
 }
 
 /// Checks a variable or secret key: an environment variable name.

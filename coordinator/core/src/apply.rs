@@ -14,8 +14,8 @@ use crate::access::{
 use crate::command::{Command, Envelope, KeyValue, NewToken, SpaceSpec};
 use crate::error::ApplyError;
 use crate::state::{
-    Millis, Org, Repo, RepoKind, Role, Secret, SecretValue, SpaceState, Stage, State, Token, User,
-    Variable, repo_key,
+    JoinToken, Millis, Org, Repo, RepoKind, Role, Secret, SecretValue, SpaceState, Stage, State,
+    Token, User, Variable, repo_key,
 };
 
 /// Applies one entry. On error nothing changed.
@@ -418,6 +418,61 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
         Command::RemoveMember { id } => {
             system_only(&principal_hash)?;
             state.members.remove(id);
+            Ok(())
+        }
+        Command::CreateJoinToken {
+            id,
+            role,
+            secret_hash,
+            expires_at,
+        } => {
+            let p = actor(state, &principal_hash, at)?;
+            if !p.is_cluster_admin() {
+                return Err(ApplyError::Forbidden(
+                    "join tokens need a cluster admin token".into(),
+                ));
+            }
+            if *expires_at <= at {
+                return Err(ApplyError::invalid(
+                    "ttl",
+                    "the join token would already be expired",
+                ));
+            }
+            if state.join_tokens.contains_key(secret_hash)
+                || state.join_tokens.values().any(|t| &t.id == id)
+            {
+                return Err(ApplyError::Conflict {
+                    message: "join token already exists".into(),
+                    url_path: None,
+                });
+            }
+            let token = JoinToken {
+                id: id.clone(),
+                role: *role,
+                secret_hash: secret_hash.clone(),
+                created_at: at,
+                expires_at: *expires_at,
+                revoked: false,
+            };
+            state.join_tokens.insert(secret_hash.clone(), token);
+            Ok(())
+        }
+        Command::RevokeJoinToken { id } => {
+            let p = actor(state, &principal_hash, at)?;
+            if !p.is_cluster_admin() {
+                return Err(ApplyError::Forbidden(
+                    "join tokens need a cluster admin token".into(),
+                ));
+            }
+            let token = state
+                .join_tokens
+                .values_mut()
+                .find(|t| &t.id == id)
+                .ok_or_else(|| ApplyError::NotFound {
+                    what: "join token",
+                    name: id.clone(),
+                })?;
+            token.revoked = true;
             Ok(())
         }
     }

@@ -8,7 +8,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 use spacedock_shared::flavor::Flavor;
 
-use crate::state::{Member, Millis, RepoKind, Role};
+use crate::state::{Member, Millis, NodeRole, RepoKind, Role};
 
 /// Version of the envelope encoding this build writes.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -169,6 +169,16 @@ pub enum Command {
     RemoveMember {
         id: u64,
     },
+    /// Needs a cluster admin token.
+    CreateJoinToken {
+        id: String,
+        role: NodeRole,
+        secret_hash: String,
+        expires_at: Millis,
+    },
+    RevokeJoinToken {
+        id: String,
+    },
 }
 
 impl Envelope {
@@ -220,6 +230,8 @@ impl Command {
             Command::SetFlavors { .. } => "SetFlavors",
             Command::AddMember { .. } => "AddMember",
             Command::RemoveMember { .. } => "RemoveMember",
+            Command::CreateJoinToken { .. } => "CreateJoinToken",
+            Command::RevokeJoinToken { .. } => "RevokeJoinToken",
         }
     }
 }

@@ -77,6 +77,44 @@ pub struct Token {
     pub revoked: bool,
 }
 
+/// What a join token lets a node become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum NodeRole {
+    Coordinator,
+    Agent,
+    Builder,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Coordinator => "coordinator",
+            NodeRole::Agent => "agent",
+            NodeRole::Builder => "builder",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeRole> {
+        match s {
+            "coordinator" => Some(NodeRole::Coordinator),
+            "agent" => Some(NodeRole::Agent),
+            "builder" => Some(NodeRole::Builder),
+            _ => None,
+        }
+    }
+}
+
+/// A token that lets a new node join; only its secret's hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub id: String,
+    pub role: NodeRole,
+    pub secret_hash: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub revoked: bool,
+}
+
 /// The three kinds of repo the Hub has.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
@@ -267,6 +305,8 @@ pub struct State {
     pub flavors: Vec<Flavor>,
     /// Coordinators by Raft id.
     pub members: BTreeMap<u64, Member>,
+    /// Join tokens by secret hash.
+    pub join_tokens: BTreeMap<String, JoinToken>,
 }
 
 /// The key a repo is stored under: kind and case-folded id, so `User/App` and `user/app` are one repo.

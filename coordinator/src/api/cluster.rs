@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use spacedock_coordinator_core::Command;
 use spacedock_coordinator_core::access::hash_secret;
 use spacedock_coordinator_core::command::NewToken;
-use spacedock_coordinator_core::state::Role;
+use spacedock_coordinator_core::state::{NodeRole, Role};
 use spacedock_shared::flavor::Catalog;
 use spacedock_shared::space_config::{Severity, validate_readme};
 
@@ -28,6 +28,8 @@ pub fn routes() -> Router<Api> {
         .route("/api/cluster/orgs/{org}/members", put(set_member))
         .route("/api/cluster/tokens", post(create_token))
         .route("/api/cluster/tokens/{id}", delete(revoke_token))
+        .route("/api/cluster/join-tokens", post(create_join_token))
+        .route("/api/cluster/join-tokens/{id}", delete(revoke_join_token))
 }
 
 /// A new token secret: `hf_` and 37 random letters and digits, like the Hub's.
@@ -321,5 +323,59 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     api.write(&headers, Command::RevokeToken { id }).await?;
+    Ok(JsonResponse(json!({})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinTokenBody {
+    /// `coordinator`, `agent` or `builder`.
+    role: String,
+    /// Lifetime; one hour when absent.
+    ttl_seconds: Option<u64>,
+}
+
+/// Creates a join token; it is in this response and nowhere else.
+async fn create_join_token(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Json(body): Json<JoinTokenBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let role = NodeRole::parse(&body.role).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "role: `{}` is not one of coordinator, agent, builder",
+            body.role
+        ))
+    })?;
+    let ttl = body.ttl_seconds.unwrap_or(3600);
+    if ttl == 0 || ttl > 365 * 86_400 {
+        return Err(ApiError::bad_request(format!(
+            "ttlSeconds: {ttl} is not between 1 and one year"
+        )));
+    }
+    let secret = new_token_secret().trim_start_matches("hf_").to_owned();
+    let id = new_id();
+    let expires_at = (api.clock)() + ttl * 1000;
+    let command = Command::CreateJoinToken {
+        id: id.clone(),
+        role,
+        secret_hash: hash_secret(&secret),
+        expires_at,
+    };
+    api.write(&headers, command).await?;
+    Ok(JsonResponse(json!({
+        "id": id,
+        "role": role.as_str(),
+        "token": crate::tls::format_join_token(&api.ca_fingerprint, &secret),
+        "expiresAt": super::iso8601(expires_at),
+    })))
+}
+
+async fn revoke_join_token(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    api.write(&headers, Command::RevokeJoinToken { id }).await?;
     Ok(JsonResponse(json!({})))
 }

@@ -42,6 +42,8 @@ pub struct Api {
     pub timeout: Duration,
     /// Dials other coordinators (cluster status); `None` in single-process tests.
     pub peers: Option<crate::peer::Peers>,
+    /// Fingerprint of the cluster CA, put in join tokens.
+    pub ca_fingerprint: String,
     /// Wall clock in ms; a function so tests can pin it.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
