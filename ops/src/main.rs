@@ -1,12 +1,18 @@
-//! `spacedock`: the CLI for Space authors and operators, a client of the coordinator's HTTP API.
+//! `spacedock`: the CLI for Space authors and operators, a client of the coordinator's HTTP API, and
+//! `spacedock dev`, which runs a one-machine cluster.
 
+mod admin;
+mod client;
 mod config;
+mod dev;
 mod space;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use client::Client;
 use config::CliConfig;
 use spacedock_shared::flavor::Catalog;
 
@@ -17,9 +23,12 @@ struct Cli {
     /// TOML config file (see ops/config/cli.toml); default ~/.config/spacedock/config.toml.
     #[arg(long, short, global = true, env = "SPACEDOCK_CONFIG")]
     config: Option<PathBuf>,
-    /// Coordinator API URL; overrides the config's `endpoint`.
-    #[arg(long, global = true, env = "SPACEDOCK_ENDPOINT")]
+    /// Coordinator API URL [default: SPACEDOCK_ENDPOINT, then HF_ENDPOINT, then the config's `endpoint`].
+    #[arg(long, global = true)]
     endpoint: Option<String>,
+    /// API token [default: SPACEDOCK_TOKEN, then HF_TOKEN, then the config's `token_file`].
+    #[arg(long, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,6 +38,20 @@ enum Command {
     /// Work with one Space.
     #[command(subcommand)]
     Space(SpaceCommand),
+    /// Operate the cluster: status, join tokens, members.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
+    /// Manage users (cluster admins).
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Manage organizations and their members.
+    #[command(subcommand)]
+    Org(admin::OrgCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Run a cluster on this machine until Ctrl-C: coordinators as child processes, state in --data-dir.
+    Dev(dev::DevArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,14 +70,46 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.clone().or_else(config::default_path);
-    let mut config: CliConfig = spacedock_cli_common::load_config(path.as_deref())?;
-    if let Some(endpoint) = cli.endpoint {
-        config.endpoint = endpoint;
-    }
+    let config: CliConfig = spacedock_cli_common::load_config(path.as_deref())?;
     spacedock_cli_common::init_tracing(&config.log)?;
+    let client = || -> anyhow::Result<Client> {
+        let endpoint = cli
+            .endpoint
+            .clone()
+            .or_else(|| env("SPACEDOCK_ENDPOINT"))
+            .or_else(|| env("HF_ENDPOINT"))
+            .unwrap_or_else(|| config.endpoint.clone());
+        let token = match cli
+            .token
+            .clone()
+            .or_else(|| env("SPACEDOCK_TOKEN"))
+            .or_else(|| env("HF_TOKEN"))
+        {
+            Some(token) => Some(token),
+            None => match &config.token_file {
+                Some(file) => Some(
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("reading the token file {}", file.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            },
+        };
+        Ok(Client::new(&endpoint, token))
+    };
     match cli.command {
         Command::Space(SpaceCommand::Validate { path }) => {
             Ok(space::validate(&path, &Catalog::huggingface()))
         }
+        Command::Cluster(command) => admin::cluster(&client()?, command),
+        Command::User(command) => admin::user(&client()?, command),
+        Command::Org(command) => admin::org(&client()?, command),
+        Command::Token(command) => admin::token(&client()?, command),
+        Command::Dev(args) => dev::run(args),
     }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }

@@ -28,6 +28,7 @@ pub fn routes() -> Router<Api> {
         .route("/api/cluster/orgs/{org}/members", put(set_member))
         .route("/api/cluster/tokens", post(create_token))
         .route("/api/cluster/tokens/{id}", delete(revoke_token))
+        .route("/api/cluster/members/{id}", delete(remove_member))
         .route("/api/cluster/join-tokens", post(create_join_token))
         .route("/api/cluster/join-tokens/{id}", delete(revoke_join_token))
 }
@@ -377,5 +378,50 @@ async fn revoke_join_token(
     Path(id): Path<String>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     api.write(&headers, Command::RevokeJoinToken { id }).await?;
+    Ok(JsonResponse(json!({})))
+}
+
+/// Removes a coordinator from the Raft group (joint consensus through raft-rs).
+async fn remove_member(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let known = api
+        .read(&headers, |state, p| {
+            require_admin(p)?;
+            Ok(state.members.contains_key(&id))
+        })
+        .await?;
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("coordinator {id} is not a member"),
+        ));
+    }
+    let envelope = spacedock_coordinator_core::Envelope {
+        version: spacedock_coordinator_core::command::ENVELOPE_VERSION,
+        at: (api.clock)(),
+        request_id: rand::random(),
+        actor: None,
+        command: Command::RemoveMember { id },
+    };
+    api.node
+        .change_membership(
+            id,
+            raft::eraftpb::ConfChangeType::RemoveNode,
+            &envelope,
+            api.timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::node::WriteError::Refused(e) => ApiError::from_apply(e, &api.public_url),
+            other => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                other.to_string(),
+            ),
+        })?;
     Ok(JsonResponse(json!({})))
 }

@@ -1,0 +1,225 @@
+//! Operator commands: cluster status, join tokens, members, users, organizations and tokens.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, leader, term and applied indexes.
+    Status {
+        /// Print `{"leader": ID, "term": N, "members": [{"id", "api_url", "role", "applied_index"}]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join tokens for new coordinators, agents and builders.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
+    /// Remove a coordinator from the Raft group.
+    RemoveMember {
+        /// The coordinator's Raft id.
+        id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a token; it is printed once and cannot be shown again.
+    Create {
+        /// What the joining node becomes: coordinator, agent or builder.
+        #[arg(long, default_value = "agent")]
+        role: String,
+        /// Lifetime, like `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        name: String,
+        #[arg(long)]
+        fullname: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        /// Make the user a cluster operator.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization; you become its admin.
+    Create {
+        name: String,
+        #[arg(long)]
+        fullname: Option<String>,
+    },
+    /// Add a member or change their role (read, write, admin).
+    SetMember {
+        org: String,
+        user: String,
+        role: String,
+    },
+    /// Remove a member.
+    RemoveMember { org: String, user: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; it is printed once and cannot be shown again.
+    Create {
+        /// A name to recognise the token by.
+        #[arg(long)]
+        name: String,
+        /// read, write or admin.
+        #[arg(long, default_value = "write")]
+        role: String,
+        /// Owner (cluster admins only; default: you).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Lifetime, like `30d`; none by default.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+fn seconds(ttl: &str) -> anyhow::Result<u64> {
+    Ok(spacedock_shared::duration::parse(ttl)
+        .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?
+        .as_secs())
+}
+
+fn print(value: &Value) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cluster(client: &Client, command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::Status { json } => {
+            let status = client.get("/api/cluster/status")?;
+            let members: Vec<Value> = status["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| json!({ "id": m["id"], "api_url": m["api_url"], "role": m["role"], "applied_index": m["applied_index"] }))
+                .collect();
+            if json {
+                return print(
+                    &json!({ "leader": status["leader"], "term": status["term"], "members": members }),
+                );
+            }
+            println!(
+                "leader {}  term {}  commit {}",
+                status["leader"], status["term"], status["commit_index"]
+            );
+            println!("{:<6} {:<12} {:<10} API", "ID", "ROLE", "APPLIED");
+            for m in &members {
+                let role = m["role"].as_str().unwrap_or("-");
+                let api = m["api_url"].as_str().unwrap_or("-");
+                println!(
+                    "{:<6} {:<12} {:<10} {api}",
+                    m["id"].to_string(),
+                    role,
+                    m["applied_index"].to_string()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::JoinToken(JoinTokenCommand::Create { role, ttl }) => {
+            let created = client.post(
+                "/api/cluster/join-tokens",
+                &json!({ "role": role, "ttlSeconds": seconds(&ttl)? }),
+            )?;
+            eprintln!(
+                "join token {} for a {} node, expires {}",
+                created["id"], created["role"], created["expiresAt"]
+            );
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::JoinToken(JoinTokenCommand::Revoke { id }) => {
+            client.delete(&format!("/api/cluster/join-tokens/{id}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::RemoveMember { id } => {
+            client.delete(&format!("/api/cluster/members/{id}"))?;
+            eprintln!("coordinator {id} removed");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn user(client: &Client, command: UserCommand) -> anyhow::Result<ExitCode> {
+    let UserCommand::Create {
+        name,
+        fullname,
+        email,
+        admin,
+    } = command;
+    print(&client.post(
+        "/api/cluster/users",
+        &json!({ "name": name, "fullname": fullname, "email": email, "admin": admin }),
+    )?)
+}
+
+pub fn org(client: &Client, command: OrgCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        OrgCommand::Create { name, fullname } => print(&client.post(
+            "/api/cluster/orgs",
+            &json!({ "name": name, "fullname": fullname }),
+        )?),
+        OrgCommand::SetMember { org, user, role } => {
+            client.put(
+                &format!("/api/cluster/orgs/{org}/members"),
+                &json!({ "user": user, "role": role }),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OrgCommand::RemoveMember { org, user } => {
+            client.put(
+                &format!("/api/cluster/orgs/{org}/members"),
+                &json!({ "user": user, "role": null }),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn token(client: &Client, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::Create {
+            name,
+            role,
+            owner,
+            ttl,
+        } => {
+            let expires = ttl.as_deref().map(seconds).transpose()?;
+            let body =
+                json!({ "name": name, "role": role, "owner": owner, "expiresInSeconds": expires });
+            let created = client.post("/api/cluster/tokens", &body)?;
+            eprintln!(
+                "token {} for {} ({})",
+                created["id"], created["owner"], created["role"]
+            );
+            println!("{}", created["token"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { id } => {
+            client.delete(&format!("/api/cluster/tokens/{id}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

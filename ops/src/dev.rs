@@ -1,0 +1,328 @@
+//! `spacedock dev`: a cluster on this machine as real processes, for trying spacedock out and for tests.
+//!
+//! Coordinator 1 bootstraps the cluster; the others join it with a coordinator join token. Ports are chosen free
+//! on the first run and kept in `DIR/cluster.json`, so running again with the same `--data-dir` restarts the same
+//! cluster. The command stays in the foreground; Ctrl-C (or SIGTERM) stops every child cleanly.
+//!
+//! `DIR/cluster.json` is `{"api_url": URL, "admin_token_file": PATH, "coordinators": [{"id", "api_url", "pid",
+//! "quic_addr"}, ...]}`; later versions add `agents` and `builders` lists of the same shape.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::client::Client;
+
+/// How long a coordinator gets to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Coordinators to run (1, 3 or 5 make sense: a majority must stay up).
+    #[arg(long, default_value_t = 1)]
+    coordinators: u64,
+    /// Where the cluster keeps its state and logs; reused on the next run.
+    #[arg(long, default_value = "spacedock-dev")]
+    data_dir: PathBuf,
+}
+
+/// `DIR/cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub api_url: String,
+    pub admin_token_file: PathBuf,
+    pub coordinators: Vec<ProcessEntry>,
+}
+
+/// One process in `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessEntry {
+    pub id: u64,
+    pub api_url: String,
+    pub pid: u32,
+    pub quic_addr: String,
+}
+
+struct Running {
+    entry: ProcessEntry,
+    child: Child,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if !(1..=7).contains(&args.coordinators) {
+        bail!(
+            "--coordinators must be between 1 and 7, not {}",
+            args.coordinators
+        );
+    }
+    let dir = absolute(&args.data_dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let binary = sibling("spacedock-coordinator")?;
+    let previous = read_cluster_file(&dir.join("cluster.json"));
+    let fresh = !dir.join("coordinator-1").exists();
+    let plan: Vec<ProcessEntry> = (1..=args.coordinators)
+        .map(|id| {
+            previous
+                .as_ref()
+                .and_then(|p| p.coordinators.iter().find(|c| c.id == id).cloned())
+                .map_or_else(|| fresh_entry(id), Ok)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let admin_token_file = dir.join("coordinator-1").join("admin-token");
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut running: Vec<Running> = Vec::new();
+    let started = (|| -> anyhow::Result<()> {
+        if fresh {
+            // One at a time: the first bootstraps, each next one joins through it.
+            let mut join_token = None;
+            for entry in &plan {
+                running.push(spawn(
+                    &binary,
+                    &dir,
+                    entry,
+                    join_token.as_deref().map(|t| (&plan[0].quic_addr, t)),
+                )?);
+                wait_ready(entry, &admin_token_file, &mut running)?;
+                if join_token.is_none() && plan.len() > 1 {
+                    let admin = Client::new(&entry.api_url, Some(read_token(&admin_token_file)?));
+                    let created = admin.post(
+                        "/api/cluster/join-tokens",
+                        &json!({ "role": "coordinator", "ttlSeconds": 600 }),
+                    )?;
+                    join_token = Some(
+                        created["token"]
+                            .as_str()
+                            .ok_or_else(|| anyhow!("no join token in the answer"))?
+                            .to_owned(),
+                    );
+                }
+            }
+        } else {
+            // Restarting: all must be up before a quorum answers.
+            for entry in &plan {
+                running.push(spawn(&binary, &dir, entry, None)?);
+            }
+            for entry in &plan {
+                wait_ready(entry, &admin_token_file, &mut running)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        stop(&mut running);
+        return Err(e);
+    }
+
+    let cluster = ClusterFile {
+        api_url: plan[0].api_url.clone(),
+        admin_token_file: admin_token_file.clone(),
+        coordinators: running.iter().map(|r| r.entry.clone()).collect(),
+    };
+    write_cluster_file(&dir.join("cluster.json"), &cluster)?;
+    println!("spacedock dev: {} coordinator(s) running", running.len());
+    for r in &running {
+        println!(
+            "  coordinator {}: {} (pid {}, log {})",
+            r.entry.id,
+            r.entry.api_url,
+            r.entry.pid,
+            log_path(&dir, r.entry.id).display()
+        );
+    }
+    println!("API:         {}", cluster.api_url);
+    println!("admin token: {}", admin_token_file.display());
+    println!("cluster:     {}", dir.join("cluster.json").display());
+    println!(
+        "Try: HF_ENDPOINT={} HF_TOKEN=$(cat {}) spacedock cluster status",
+        cluster.api_url,
+        admin_token_file.display()
+    );
+    println!(
+        "Ctrl-C stops the cluster; its state stays in {}.",
+        dir.display()
+    );
+
+    let outcome = runtime.block_on(watch(&mut running));
+    stop(&mut running);
+    outcome?;
+    println!("spacedock dev: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fresh_entry(id: u64) -> anyhow::Result<ProcessEntry> {
+    let api_port = free_port()?;
+    let quic_port = free_port()?;
+    Ok(ProcessEntry {
+        id,
+        api_url: format!("http://127.0.0.1:{api_port}"),
+        pid: 0,
+        quic_addr: format!("127.0.0.1:{quic_port}"),
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(path))
+    }
+}
+
+/// A binary installed next to this one.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the spacedock binary")?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing; build it with `cargo build --bins` (it must sit next to spacedock)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn log_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("coordinator-{id}.log"))
+}
+
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    entry: &ProcessEntry,
+    join: Option<(&String, &str)>,
+) -> anyhow::Result<Running> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(dir, entry.id))
+        .with_context(|| format!("opening {}", log_path(dir, entry.id).display()))?;
+    let data_dir = dir.join(format!("coordinator-{}", entry.id));
+    let mut command = Command::new(binary);
+    command
+        .args(["--node-id", &entry.id.to_string()])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--api-listen", entry.api_url.trim_start_matches("http://")])
+        .args(["--quic-listen", &entry.quic_addr])
+        .args(["--public-url", &entry.api_url])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some((addr, token)) = join {
+        command
+            .args(["--join", addr])
+            .env("SPACEDOCK_JOIN_TOKEN", token);
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let entry = ProcessEntry {
+        pid: child.id(),
+        ..entry.clone()
+    };
+    Ok(Running { entry, child })
+}
+
+/// Waits until the coordinator answers a cluster status request, or fails with its log's tail.
+fn wait_ready(
+    entry: &ProcessEntry,
+    admin_token_file: &Path,
+    running: &mut [Running],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Some(r) = running.iter_mut().find(|r| r.entry.id == entry.id)
+            && let Ok(Some(status)) = r.child.try_wait()
+        {
+            bail!(
+                "coordinator {} exited ({status}) while starting; see its log",
+                entry.id
+            );
+        }
+        if let Ok(token) = read_token(admin_token_file)
+            && Client::new(&entry.api_url, Some(token))
+                .get("/api/cluster/status")
+                .is_ok()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "coordinator {} did not answer within {READY_TIMEOUT:?}",
+                entry.id
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
+fn read_cluster_file(path: &Path) -> Option<ClusterFile> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn write_cluster_file(path: &Path, cluster: &ClusterFile) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(cluster)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Returns on Ctrl-C or SIGTERM (Ok), or when a child exits on its own (Err).
+async fn watch(running: &mut [Running]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for r in running.iter_mut() {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                bail!(
+                    "coordinator {} exited on its own ({status}); stopping the cluster",
+                    r.entry.id
+                );
+            }
+        }
+    }
+}
+
+/// SIGTERM to every child, then SIGKILL to those still running after 10 s.
+fn stop(running: &mut [Running]) {
+    for r in running.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &r.entry.pid.to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for r in running.iter_mut() {
+        while Instant::now() < deadline {
+            if matches!(r.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
+}
