@@ -110,25 +110,59 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    fn new(dir: &Path, id: u64) -> Coordinator {
+        Coordinator {
+            id,
+            data_dir: dir.join(format!("coordinator-{id}")),
+            api_url: format!("http://127.0.0.1:{}", free_port()),
+            quic_addr: format!("127.0.0.1:{}", free_port()),
+            log: dir.join(format!("coordinator-{id}.log")),
+            child: None,
+        }
+    }
+
     /// Starts a coordinator that bootstraps a new cluster in `dir`, and waits until it answers.
     pub fn bootstrap(dir: &Path) -> Coordinator {
-        let api_port = free_port();
-        let quic_port = free_port();
-        let mut c = Coordinator {
-            id: 1,
-            data_dir: dir.join("coordinator-1"),
-            api_url: format!("http://127.0.0.1:{api_port}"),
-            quic_addr: format!("127.0.0.1:{quic_port}"),
-            log: dir.join("coordinator-1.log"),
-            child: None,
-        };
-        c.start();
+        let mut c = Coordinator::new(dir, 1);
+        c.start_with(&[]);
         c.wait_ready();
+        c
+    }
+
+    /// Starts coordinator `id` joining through `via` with a join token; returns once the join finished.
+    pub fn join(dir: &Path, id: u64, via: &Coordinator, admin_token: &str) -> Coordinator {
+        let created = api(
+            &via.api_url,
+            admin_token,
+            "POST",
+            "/api/cluster/join-tokens",
+            Some(serde_json::json!({ "role": "coordinator" })),
+        );
+        let token = created.expect("join token")["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut c = Coordinator::new(dir, id);
+        let join = via.quic_addr.clone();
+        c.start_with(&["--join", &join, "--token", &token]);
+        let started = Instant::now();
+        while !c.log_text().contains("joined cluster") {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "coordinator {id} did not join; log:\n{}",
+                c.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         c
     }
 
     /// (Re)starts the process with the same data dir and ports.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    fn start_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -145,7 +179,8 @@ impl Coordinator {
                 &self.quic_addr,
             ])
             .args(["--public-url", &self.api_url])
-            .env("RUST_LOG", "info")
+            .args(extra)
+            .env("RUST_LOG", "info,raft=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -239,4 +274,35 @@ pub fn run_python(script: &str, env: &[(&str, &str)]) -> Result {
         cmd.env(k, v);
     }
     Result::from(cmd.output().expect("running python"))
+}
+
+/// One API call with a token; `Err` carries the status and message of a failure (or the transport error).
+pub fn api(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> std::result::Result<serde_json::Value, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .build()
+        .into();
+    let url = format!("{base}{path}");
+    let auth = format!("Bearer {token}");
+    let result = match (method, body) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
+        (_, Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
+        (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
+    };
+    let mut response = result.map_err(|e| format!("transport: {e}"))?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    if status >= 400 {
+        return Err(format!("HTTP {status}: {text}"));
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }

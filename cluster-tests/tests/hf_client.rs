@@ -1,4 +1,5 @@
-//! The official `huggingface_hub` client against a real coordinator: the Spaces API scenario.
+//! The official `huggingface_hub` client against a real 3-coordinator cluster, talking to a follower (whose
+//! writes are forwarded to the leader): the Spaces API scenario.
 
 use spacedock_cluster_tests::{Coordinator, run_python};
 

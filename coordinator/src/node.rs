@@ -59,6 +59,10 @@ pub enum WriteError {
     NoLeader,
     #[error("the write was not committed within {0:?}; it may or may not have happened")]
     Timeout(Duration),
+    #[error(
+        "the leader changed while the write was in flight; it may or may not have happened, retry it"
+    )]
+    LeaderChanged,
     #[error("this coordinator is shutting down")]
     Stopped,
 }
@@ -501,7 +505,22 @@ impl Driver {
                 .status
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            status.leader = Some(ss.leader_id).filter(|l| *l != 0);
+            let leader = Some(ss.leader_id).filter(|l| *l != 0);
+            if status.leader.is_some() && leader != status.leader {
+                // Proposals forwarded to the old leader may be lost; tell their callers now instead of at
+                // their timeout. Those already committed will still be applied.
+                let waiters: Vec<_> = self
+                    .shared
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain()
+                    .collect();
+                for (_, waiter) in waiters {
+                    let _ = waiter.send(Err(WriteError::LeaderChanged));
+                }
+            }
+            status.leader = leader;
             status.role = role_name(ss.raft_state).into();
             if ss.raft_state == StateRole::Leader {
                 tracing::info!(term = self.raw.raft.term, "became leader");

@@ -23,6 +23,7 @@ pub fn routes() -> Router<Api> {
         .route("/api/whoami-v2", get(whoami))
         .route("/api/validate-yaml", post(validate_yaml))
         .route("/api/cluster/status", get(status))
+        .route("/api/cluster/node", get(node_status))
         .route("/api/cluster/users", post(create_user))
         .route("/api/cluster/orgs", post(create_org))
         .route("/api/cluster/orgs/{org}/members", put(set_member))
@@ -150,23 +151,31 @@ async fn status(
         })
         .await?;
     let local = api.node.status();
+    let asks = members.iter().map(|m| {
+        let peers = api.peers.clone();
+        let id = m.id;
+        async move {
+            match peers {
+                _ if id == local.id => None,
+                Some(peers) => Some(peers.status(id, Duration::from_millis(800)).await),
+                None => None,
+            }
+        }
+    });
+    let replies = futures_join(asks).await;
     let mut rows = Vec::new();
-    for m in members {
-        let (role, applied, reachable) = if m.id == local.id {
-            (local.role.clone(), Some(local.applied_index), true)
-        } else {
-            match &api.peers {
-                Some(peers) => match peers.status(m.id, Duration::from_secs(2)).await {
-                    Ok(reply) => (reply.role, Some(reply.applied_index), true),
-                    Err(e) => {
-                        tracing::debug!(member = m.id, error = %e, "member did not answer a status request");
-                        ("unreachable".to_owned(), None, false)
-                    }
-                },
-                None => ("unknown".to_owned(), None, false),
+    for (m, reply) in members.iter().zip(replies) {
+        let (role, applied) = match reply {
+            None if m.id == local.id => (local.role.clone(), Some(local.applied_index)),
+            None => ("unknown".to_owned(), None),
+            Some(Ok(reply)) => (reply.role, Some(reply.applied_index)),
+            Some(Err(e)) => {
+                tracing::debug!(member = m.id, error = %e, "member did not answer a status request");
+                ("unreachable".to_owned(), None)
             }
         };
-        let role = if local.voters.contains(&m.id) || local.learners.contains(&m.id) || !reachable {
+        let in_group = local.voters.contains(&m.id) || local.learners.contains(&m.id);
+        let role = if in_group || role == "unreachable" {
             role
         } else {
             "removed".to_owned()
@@ -178,6 +187,34 @@ async fn status(
         "term": local.term,
         "commit_index": local.commit_index,
         "members": rows,
+    })))
+}
+
+/// This coordinator's own view, without a quorum round: for health checks, and for watching elections.
+async fn node_status(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let token_hash = super::bearer_hash(&headers)?;
+    let now = (api.clock)();
+    api.node.read_local(|state| {
+        let p = token_hash
+            .as_deref()
+            .map(|h| spacedock_coordinator_core::access::authenticate(state, h, now))
+            .transpose()
+            .map_err(|e| ApiError::from_apply(e, ""))?;
+        require_admin(p.as_ref())
+    })?;
+    let s = api.node.status();
+    Ok(JsonResponse(json!({
+        "id": s.id,
+        "role": s.role,
+        "leader": s.leader,
+        "term": s.term,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "voters": s.voters,
+        "learners": s.learners,
     })))
 }
 
@@ -424,4 +461,21 @@ async fn remove_member(
             ),
         })?;
     Ok(JsonResponse(json!({})))
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
 }
