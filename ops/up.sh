@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Brings up spacedock on this machine, as far as the project has come: installs the system packages it needs
-# (as root, on Debian), builds every binary in release mode, checks the example Spaces, and prints what to open.
+# (as root, on Debian), builds every binary in release mode, checks the example Spaces, then runs a one-machine
+# cluster in the foreground (`spacedock dev`) with the example Spaces created, printing where to reach it.
+# SPACEDOCK_DEV_DIR (default ~/.spacedock-dev) and SPACEDOCK_COORDINATORS (default 1) change where and how many.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,14 +21,11 @@ for example in ops/examples/*/; do
   "$bin/spacedock" space validate "$example"
 done
 
+data_dir=${SPACEDOCK_DEV_DIR:-$HOME/.spacedock-dev}
+coordinators=${SPACEDOCK_COORDINATORS:-1}
+step "starting a $coordinators-coordinator cluster in $data_dir (Ctrl-C stops it)"
 cat <<MSG
-
-spacedock is built: $bin/spacedock, $bin/spacedock-coordinator, $bin/spacedock-agent, $bin/spacedock-builder
-Every example Space in ops/examples/ is valid.
-
-Not yet: the cluster itself. The coordinators, agent and builder that run these Spaces land with the
-coordinator, agent, builder and end-to-end issues; until then this command stops here, and prints no URL
-to open because nothing serves one yet. Try:
-  $bin/spacedock space validate ops/examples/gradio-echo
-  $bin/spacedock-coordinator --config ops/config/coordinator.toml --print-config
+Not yet: agents, builders and the ingress that build and serve the example Spaces (they are created as Space
+repos in the API now); they arrive with the agent, repos, builder and end-to-end issues.
 MSG
+exec "$bin/spacedock" dev --coordinators "$coordinators" --data-dir "$data_dir" --examples ops/examples

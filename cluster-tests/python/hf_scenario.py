@@ -60,7 +60,7 @@ def admin_post(path, body):
 
 
 def raw(method, path, token, body):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
         ENDPOINT + path,
         data=data,
@@ -179,6 +179,22 @@ api.create_repo("alice/hidden", repo_type="space", space_sdk="docker", private=T
 raises("private space hidden from others", RepositoryNotFoundError, lambda: bob.space_info("alice/hidden"))
 check("private space listed only for members", "alice/hidden" not in [s.id for s in bob.list_spaces(author="alice")])
 raises("others cannot write", HfHubHTTPError, lambda: bob.pause_space("alice/demo"), status=403)
+
+# Tokens: a revoked or expired token is refused.
+created = admin_post("/api/cluster/tokens", {"owner": "alice", "name": "short-lived", "role": "read"})
+check("fresh token works", HfApi(endpoint=ENDPOINT, token=created["token"]).whoami()["name"] == "alice")
+status, headers, body = raw("DELETE", f"/api/cluster/tokens/{created['id']}", alice_token, {})
+check("owner revokes a token", status == 200, (status, body))
+raises("revoked token", HfHubHTTPError, lambda: HfApi(endpoint=ENDPOINT, token=created["token"]).whoami(), status=401)
+status, headers, body = raw("GET", "/api/whoami-v2", created["token"], None)
+check("revoked token says why", status == 401 and "revoked" in body, (status, body))
+expiring = admin_post("/api/cluster/tokens", {"owner": "alice", "name": "expiring", "role": "read", "expiresInSeconds": 1})
+import time
+time.sleep(1.5)
+raises("expired token", HfHubHTTPError, lambda: HfApi(endpoint=ENDPOINT, token=expiring["token"]).whoami(), status=401)
+status, headers, body = raw("GET", "/api/whoami-v2", expiring["token"], None)
+check("expired token says why", status == 401 and "expired" in body, (status, body))
+raises("read token cannot write", HfHubHTTPError, lambda: HfApi(endpoint=ENDPOINT, token=admin_post("/api/cluster/tokens", {"owner": "alice", "name": "ro", "role": "read"})["token"]).pause_space("alice/demo"), status=403)
 
 leaks = [b for b in BODIES if SECRET in b]
 check(f"secret in none of {len(BODIES)} responses", not leaks, leaks[:1])

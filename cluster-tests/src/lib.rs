@@ -19,20 +19,22 @@ pub const BINARIES: &[&str] = &[
     "spacedock-builder",
 ];
 
-/// Path of a workspace binary built next to this test executable (`target/<profile>/NAME`).
+/// Path of a workspace binary built next to this executable (`target/<profile>/NAME`; tests run from
+/// `target/<profile>/deps`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
-    let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (ops/test.sh does)",
-        path.display()
-    );
-    path
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [
+        dir.join(name),
+        dir.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ];
+    let found = candidates.iter().find(|p| p.exists());
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "{} is missing: run `cargo build --workspace --bins` first (ops/test.sh does)",
+            candidates[1].display()
+        )
+    })
 }
 
 /// The repository root.
@@ -222,6 +224,10 @@ impl Coordinator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -284,11 +290,15 @@ pub fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> std::result::Result<serde_json::Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(15)))
-        .build()
-        .into();
+    thread_local! {
+        // One agent per thread keeps connections alive between calls.
+        static AGENT: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build()
+            .into();
+    }
+    let agent = AGENT.with(Clone::clone);
     let url = format!("{base}{path}");
     let auth = format!("Bearer {token}");
     let result = match (method, body) {

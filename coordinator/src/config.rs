@@ -29,6 +29,8 @@ pub struct CoordinatorConfig {
     pub join: Vec<String>,
     /// Log filter in RUST_LOG syntax, used when RUST_LOG is not set.
     pub log: String,
+    /// Applied Raft entries after which a snapshot compacts the log.
+    pub snapshot_entries: u64,
     /// Changes to the hardware flavor catalog.
     pub flavors: CatalogConfig,
     /// Kinds of node the fleet has; every flavor must fit one of them. Empty: checked as nodes join.
@@ -47,6 +49,7 @@ impl Default for CoordinatorConfig {
             apps_domain: "localhost".into(),
             join: Vec::new(),
             log: "info,raft=warn".into(),
+            snapshot_entries: 10_000,
             flavors: CatalogConfig::default(),
             node_shapes: Vec::new(),
         }
@@ -84,6 +87,12 @@ impl CoordinatorConfig {
         let mut problems = Vec::new();
         if self.node_id == 0 {
             problems.push("node_id: must be a positive number".to_string());
+        }
+        if self.snapshot_entries < 100 {
+            problems.push(format!(
+                "snapshot_entries: {} is too small; use at least 100",
+                self.snapshot_entries
+            ));
         }
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             problems.push(format!(

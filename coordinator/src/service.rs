@@ -135,7 +135,11 @@ pub async fn run(
         resolve: Arc::new(resolve),
     };
     let transport = QuicTransport::new(peers.clone(), tokio::runtime::Handle::current());
-    let node = node::start(NodeConfig::new(config.node_id), store, Arc::new(transport))?;
+    let node_config = NodeConfig {
+        snapshot_entries: config.snapshot_entries,
+        ..NodeConfig::new(config.node_id)
+    };
+    let node = node::start(node_config, store, Arc::new(transport))?;
     let _ = handle_cell.set(node.clone());
     if fresh {
         node.campaign();

@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// Where the cluster keeps its state and logs; reused on the next run.
     #[arg(long, default_value = "spacedock-dev")]
     data_dir: PathBuf,
+    /// A directory of example Spaces (one per subdirectory with a README.md) to create as `admin/NAME`.
+    #[arg(long)]
+    examples: Option<PathBuf>,
 }
 
 /// `DIR/cluster.json`.
@@ -152,6 +155,34 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     outcome?;
     println!("spacedock dev: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `(name, sdk)` of each valid example Space under `dir`.
+fn example_spaces(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut spaces = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Ok(bytes) = std::fs::read(path.join("README.md")) else {
+            continue;
+        };
+        let catalog = spacedock_shared::flavor::Catalog::huggingface();
+        let report = spacedock_shared::space_config::validate_readme(&bytes, &catalog);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match report.config {
+            Some(config) => spaces.push((name, config.sdk.as_str().to_owned())),
+            None => bail!(
+                "example {} is invalid; run `spacedock space validate {}`",
+                name,
+                path.display()
+            ),
+        }
+    }
+    spaces.sort();
+    Ok(spaces)
 }
 
 fn fresh_entry(id: u64) -> anyhow::Result<ProcessEntry> {
