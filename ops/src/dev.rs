@@ -145,6 +145,23 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         cluster.api_url,
         admin_token_file.display()
     );
+    if let Some(examples) = &args.examples {
+        let admin = Client::new(&cluster.api_url, Some(read_token(&admin_token_file)?));
+        for (name, sdk) in example_spaces(examples)? {
+            let body = json!({ "name": name, "type": "space", "sdk": sdk });
+            match admin.post("/api/repos/create", &body) {
+                Ok(_) => println!("Space admin/{name} ({sdk}) created"),
+                Err(e) if e.to_string().contains("HTTP 409") => {
+                    println!("Space admin/{name} ({sdk}) exists")
+                }
+                Err(e) => {
+                    stop(&mut running);
+                    return Err(e);
+                }
+            }
+            println!("  {}/api/spaces/admin/{name}", cluster.api_url);
+        }
+    }
     println!(
         "Ctrl-C stops the cluster; its state stays in {}.",
         dir.display()
