@@ -1,0 +1,113 @@
+//! `spacedock dev` as a user runs it: three coordinators come up, `cluster.json` has its documented shape, the
+//! CLI reads the status through it, and SIGTERM stops every child.
+
+#![allow(clippy::unwrap_used)] // test harness: panics are how tests fail
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spacedock_cluster_tests::{binary, repo_root, run};
+
+#[test]
+fn dev_runs_and_stops_a_three_coordinator_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let mut child = Command::new(binary("spacedock"))
+        .args([
+            "dev",
+            "--coordinators",
+            "3",
+            "--examples",
+            "ops/examples",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .current_dir(repo_root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cluster_json = data_dir.join("cluster.json");
+    let started = Instant::now();
+    while !cluster_json.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cluster.json never appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "spacedock dev exited early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cluster: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cluster_json).unwrap()).unwrap();
+    let coordinators = cluster["coordinators"].as_array().unwrap();
+    assert_eq!(coordinators.len(), 3, "{cluster}");
+    for (i, c) in coordinators.iter().enumerate() {
+        assert_eq!(c["id"].as_u64(), Some(i as u64 + 1));
+        assert!(
+            c["api_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("http://127.0.0.1:")
+        );
+        assert!(c["pid"].as_u64().unwrap() > 0);
+    }
+    let token_file = cluster["admin_token_file"].as_str().unwrap();
+    let token = std::fs::read_to_string(token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let api_url = cluster["api_url"].as_str().unwrap();
+
+    let status = run(
+        "spacedock",
+        &["cluster", "status", "--json"],
+        &[("HF_ENDPOINT", api_url), ("HF_TOKEN", &token)],
+    );
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let keys: Vec<&String> = status.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["leader", "members", "term"]);
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for m in members {
+        let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["api_url", "applied_index", "id", "role"]);
+    }
+    let space = spacedock_cluster_tests::api(
+        api_url,
+        &token,
+        "GET",
+        "/api/spaces/admin/gradio-echo",
+        None,
+    )
+    .unwrap();
+    assert_eq!(space["sdk"], "gradio");
+
+    // SIGTERM stops the command and every coordinator it started.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "spacedock dev did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0));
+    for c in coordinators {
+        let pid = c["pid"].as_u64().unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "coordinator {pid} still runs"
+        );
+    }
+}
