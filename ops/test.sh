@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=ops/lib.sh
 . ops/lib.sh
 
-ensure_debian_packages protobuf-compiler build-essential git ca-certificates python3 python3-venv
+ensure_debian_packages protobuf-compiler build-essential git ca-certificates python3 python3-venv iproute2
 ensure_rust
 ensure_test_venv
 
