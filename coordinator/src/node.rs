@@ -431,7 +431,7 @@ impl Driver {
                 break;
             }
         }
-        self.fail_all();
+        self.fail_waiters(&WriteError::Stopped);
         tracing::info!("raft driver stopped");
     }
 
@@ -509,16 +509,7 @@ impl Driver {
             if status.leader.is_some() && leader != status.leader {
                 // Proposals forwarded to the old leader may be lost; tell their callers now instead of at
                 // their timeout. Those already committed will still be applied.
-                let waiters: Vec<_> = self
-                    .shared
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .drain()
-                    .collect();
-                for (_, waiter) in waiters {
-                    let _ = waiter.send(Err(WriteError::LeaderChanged));
-                }
+                self.fail_waiters(&WriteError::LeaderChanged);
             }
             status.leader = leader;
             status.role = role_name(ss.raft_state).into();
@@ -695,7 +686,8 @@ impl Driver {
         }
     }
 
-    fn fail_all(&self) {
+    /// Completes every pending write with `error`.
+    fn fail_waiters(&self, error: &WriteError) {
         let waiters: Vec<_> = self
             .shared
             .waiters
@@ -704,7 +696,7 @@ impl Driver {
             .drain()
             .collect();
         for (_, waiter) in waiters {
-            let _ = waiter.send(Err(WriteError::Stopped));
+            let _ = waiter.send(Err(error.clone()));
         }
     }
 

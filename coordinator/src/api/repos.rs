@@ -70,12 +70,32 @@ struct CreateBody {
     private: Option<bool>,
     visibility: Option<String>,
     sdk: Option<String>,
+    #[serde(flatten)]
+    settings: SpaceSettingsBody,
+}
+
+/// The Space settings that creation and duplication both take.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpaceSettingsBody {
     hardware: Option<String>,
     sleep_time_seconds: Option<i64>,
     #[serde(default)]
     secrets: Vec<KeyValueBody>,
     #[serde(default)]
     variables: Vec<KeyValueBody>,
+}
+
+impl SpaceSettingsBody {
+    fn into_spec(self, sdk: String) -> SpaceSpec {
+        SpaceSpec {
+            sdk,
+            hardware: self.hardware,
+            sleep_time: self.sleep_time_seconds,
+            secrets: self.secrets.into_iter().map(KeyValue::from).collect(),
+            variables: self.variables.into_iter().map(KeyValue::from).collect(),
+        }
+    }
 }
 
 fn parse_kind(kind: Option<&str>) -> Result<RepoKind, ApiError> {
@@ -141,15 +161,12 @@ async fn create(
     let private = parse_private(body.private, body.visibility.as_deref())?.unwrap_or(false);
     let id = full_id(&api, &headers, &body.name, body.organization.as_deref()).await?;
     let space = match kind {
-        RepoKind::Space => Some(SpaceSpec {
-            sdk: body.sdk.ok_or_else(|| {
+        RepoKind::Space => {
+            let sdk = body.sdk.ok_or_else(|| {
                 ApiError::bad_request("sdk: a Space needs one of gradio, streamlit, docker, static")
-            })?,
-            hardware: body.hardware,
-            sleep_time: body.sleep_time_seconds,
-            secrets: body.secrets.into_iter().map(KeyValue::from).collect(),
-            variables: body.variables.into_iter().map(KeyValue::from).collect(),
-        }),
+            })?;
+            Some(body.settings.into_spec(sdk))
+        }
         _ => None,
     };
     let uid = new_id();
@@ -280,12 +297,8 @@ struct DuplicateBody {
     repository: String,
     private: Option<bool>,
     visibility: Option<String>,
-    hardware: Option<String>,
-    sleep_time_seconds: Option<i64>,
-    #[serde(default)]
-    secrets: Vec<KeyValueBody>,
-    #[serde(default)]
-    variables: Vec<KeyValueBody>,
+    #[serde(flatten)]
+    settings: SpaceSettingsBody,
 }
 
 async fn duplicate(
@@ -296,13 +309,8 @@ async fn duplicate(
 ) -> Result<JsonResponse<Value>, ApiError> {
     let private = parse_private(body.private, body.visibility.as_deref())?;
     let to = full_id(&api, &headers, &body.repository, None).await?;
-    let spec = SpaceSpec {
-        sdk: String::new(),
-        hardware: body.hardware,
-        sleep_time: body.sleep_time_seconds,
-        secrets: body.secrets.into_iter().map(KeyValue::from).collect(),
-        variables: body.variables.into_iter().map(KeyValue::from).collect(),
-    };
+    // The copy keeps the source's SDK; `apply` fills it in.
+    let spec = body.settings.into_spec(String::new());
     let command = Command::DuplicateSpace {
         uid: new_id(),
         from: format!("{ns}/{name}"),
