@@ -49,7 +49,7 @@ impl Default for CoordinatorConfig {
             apps_domain: "localhost".into(),
             join: Vec::new(),
             log: "info,raft=warn".into(),
-            snapshot_entries: 10_000,
+            snapshot_entries: 100_000,
             flavors: CatalogConfig::default(),
             node_shapes: Vec::new(),
         }

@@ -9,6 +9,11 @@ use clap::Parser;
 use config::CoordinatorConfig;
 use spacedock_cli_common::DaemonFlags;
 
+// The coordinator allocates many small, short-lived buffers per request; mimalloc handles that load better
+// than glibc's allocator on this path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The spacedock control plane: Raft-replicated cluster state, the HTTP API and ingress, the scheduler.
 #[derive(Debug, Parser)]
 #[command(name = "spacedock-coordinator", version, about)]

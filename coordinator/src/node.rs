@@ -45,7 +45,7 @@ impl NodeConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
-            snapshot_entries: 10_000,
+            snapshot_entries: 100_000,
         }
     }
 }

@@ -1,9 +1,9 @@
 //! `spacedock-bench`: the coordinator benchmarks of BENCHMARKS.md, on a 3-coordinator cluster of real processes
 //! on this machine (sled fsyncs on every Raft write).
 //!
-//! 1. Committed writes per second and latency (p50, p99) with 1, 64 and 256 concurrent HTTP clients, each
-//!    setting Space secrets (`POST /api/spaces/{id}/secrets`, answered `{}` once applied) through all three
-//!    coordinators in turn (followers forward to the leader), on keep-alive connections.
+//! 1. Committed writes per second and latency (p50, p99) with 1, 64 and 256 concurrent HTTP clients (async tasks
+//!    on two threads, one keep-alive connection each, spread over the three coordinators; followers forward to
+//!    the leader), each setting Space secrets (`POST /api/spaces/{id}/secrets`, answered `{}` once applied).
 //! 2. Leader failover: `kill -9` of the leader while 8 clients write through the survivors, timed to the next
 //!    acknowledged write, over `--kills` rounds (the killed node restarts and catches up between rounds).
 //!
@@ -19,6 +19,10 @@ use serde_json::json;
 use spacedock_cluster_tests::{Coordinator, api};
 
 const SPACE: &str = "admin/bench";
+
+// The load generator shares the CPUs with the cluster; keep its own allocation cost low.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -71,6 +75,9 @@ fn main() {
             failovers.last().unwrap().as_secs_f64() * 1000.0
         );
     }
+    if failovers.is_empty() {
+        return;
+    }
     failovers.sort();
     let pick = |q: f64| {
         failovers[((failovers.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
@@ -91,57 +98,96 @@ struct Throughput {
     errors: u64,
 }
 
+/// `clients` concurrent keep-alive HTTP/1.1 connections (async tasks, not threads, so the load generator stays
+/// cheap next to the cluster), spread over the coordinators.
 fn throughput(urls: &[String], token: &str, clients: usize, duration: Duration) -> Throughput {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|c| {
-            let (urls, token, stop) = (urls.to_vec(), token.to_owned(), stop.clone());
-            std::thread::spawn(move || {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let url = &urls[(c + i) % urls.len()];
-                    let body = json!({ "key": format!("C{c}_{}", i % 50), "value": i.to_string() });
-                    let t = Instant::now();
-                    match api(
-                        url,
-                        &token,
-                        "POST",
-                        &format!("/api/spaces/{SPACE}/secrets"),
-                        Some(body),
-                    ) {
-                        Ok(_) => latencies.push(t.elapsed()),
-                        Err(_) => errors += 1,
-                    }
-                    i += 1;
-                }
-                (latencies, errors)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + duration;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let addr = urls[c % urls.len()]
+                    .trim_start_matches("http://")
+                    .to_owned();
+                let token = token.to_owned();
+                tokio::spawn(async move { client_loop(&addr, &token, c, deadline).await })
             })
-        })
-        .collect();
-    std::thread::sleep(duration);
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in threads {
-        let (l, e) = t.join().unwrap();
-        all.extend(l);
-        errors += e;
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.unwrap();
+            all.extend(l);
+            errors += e;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.sort();
+        let pick = |q: f64| {
+            all.get(((all.len().max(1) - 1) as f64 * q).round() as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Throughput {
+            per_second: all.len() as f64 / elapsed,
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+            errors,
+        }
+    })
+}
+
+/// One client: sets secrets on one keep-alive connection until the deadline; returns latencies and errors.
+async fn client_loop(
+    addr: &str,
+    token: &str,
+    c: usize,
+    deadline: tokio::time::Instant,
+) -> (Vec<Duration>, u64) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    let mut stream = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut i = 0usize;
+    while tokio::time::Instant::now() < deadline {
+        let body = format!("{{\"key\":\"C{c}_{}\",\"value\":\"{i}\"}}", i % 50);
+        let request = format!(
+            "POST /api/spaces/{SPACE}/secrets HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let t = Instant::now();
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        let mut status_line = String::new();
+        stream.read_line(&mut status_line).await.unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await.unwrap();
+        if status_line.split_whitespace().nth(1) == Some("200") {
+            latencies.push(t.elapsed());
+        } else {
+            errors += 1;
+        }
+        i += 1;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let pick = |q: f64| {
-        all.get(((all.len().max(1) - 1) as f64 * q).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    Throughput {
-        per_second: all.len() as f64 / elapsed,
-        p50_ms: pick(0.5),
-        p99_ms: pick(0.99),
-        errors,
-    }
+    (latencies, errors)
 }
 
 fn leader(nodes: &[Coordinator], token: &str) -> usize {
