@@ -89,6 +89,8 @@ pub struct NodeStatus {
     pub role: String,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// True while a membership change is between its joint and its final configuration.
+    pub joint: bool,
 }
 
 enum Input {
@@ -249,7 +251,7 @@ impl NodeHandle {
         self.wait(envelope.request_id, rx, timeout).await
     }
 
-    /// Adds (`learner = false`: as a voter) or removes a member through joint consensus, recording `envelope`
+    /// Adds or removes a member through joint consensus, recording `envelope`
     /// (an `AddMember` or `RemoveMember` command) with it.
     pub async fn change_membership(
         &self,
@@ -266,14 +268,29 @@ impl NodeHandle {
         single.set_change_type(change);
         single.node_id = id;
         cc.mut_changes().push(single);
+        // Joint consensus even for one change: the old and the new configuration must both agree until the
+        // leader leaves the joint configuration on its own (raft-rs proposes the leave once the enter applied).
+        cc.set_transition(raft::eraftpb::ConfChangeTransition::Implicit);
         let (tx, rx) = oneshot::channel();
         self.waiters().insert(envelope.request_id, tx);
+        let deadline = tokio::time::Instant::now() + timeout;
         self.send(Input::ConfChange {
             change: cc,
             context,
             request_id: envelope.request_id,
         })?;
-        self.wait(envelope.request_id, rx, timeout).await
+        self.wait(envelope.request_id, rx, timeout).await?;
+        // The change is done once this node has applied the leave of the joint configuration too; only then
+        // may the next change be proposed.
+        let mut applied = self.shared.applied.subscribe();
+        while self.status().joint {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteError::Stopped),
+                Err(_) => return Err(WriteError::Timeout(timeout)),
+            }
+        }
+        Ok(())
     }
 
     /// Runs `f` on a state at least as new as every write acknowledged before this call (ReadIndex).
@@ -713,6 +730,7 @@ impl Driver {
         status.applied_index = self.applied;
         status.leader = Some(raft.leader_id).filter(|l| *l != 0);
         status.role = role_name(raft.state).into();
+        status.joint = !conf.voters_outgoing.is_empty();
         status.voters = conf.voters;
         status.learners = conf.learners;
     }
