@@ -1,4 +1,4 @@
-//! Joining a cluster with a join token, both sides.
+//! Admitting nodes that join with a join token (the coordinator's side; the joiner's is `spacedock_net::join`).
 //!
 //! The joiner dials any coordinator without a certificate, trusting it only if its chain holds the CA whose
 //! fingerprint the token carries. It sends `JoinRequest`; the coordinator checks the token against the
@@ -8,41 +8,26 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use raft::eraftpb::ConfChangeType;
 use spacedock_coordinator_core::access::{check_join_token, hash_secret};
 use spacedock_coordinator_core::command::ENVELOPE_VERSION;
 use spacedock_coordinator_core::state::{Member, NodeRole};
 use spacedock_coordinator_core::{Command, Envelope};
-use spacedock_net::{FramedReader, dial_handshake, send};
+use spacedock_net::{FramedReader, send};
 use spacedock_shared::wire::{
-    self, JoinReady, JoinReply, JoinRequest, Joined, MemberAddr, RefuseCode, Refused, Role,
+    self, JoinReply, JoinRequest, Joined, MemberAddr, RefuseCode, Refused, Role,
 };
 
 use crate::api;
 use crate::node::NodeHandle;
-use crate::tls::{self, ClusterCa};
+use spacedock_net::tls::{self, ClusterCa};
 
 /// How long the coordinator waits for a new coordinator to say it is running.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a coordinator needs to admit joiners.
-#[derive(Debug, Clone)]
-pub struct Authority {
-    pub ca: ClusterCa,
-    pub ca_fingerprint: String,
-    pub node: NodeHandle,
-}
-
-/// A join in progress on the joiner's side: the reply, and the stream to say `JoinReady` on.
-#[derive(Debug)]
-pub struct Pending {
-    pub reply: JoinReply,
-    tx: quinn::SendStream,
-    rx: FramedReader<quinn::RecvStream>,
-    _connection: quinn::Connection,
-}
+pub use spacedock_net::join::{Pending, request};
 
 fn role_of(role: Role) -> Option<NodeRole> {
     match role {
@@ -53,82 +38,12 @@ fn role_of(role: Role) -> Option<NodeRole> {
     }
 }
 
-/// Joiner side: asks the coordinators at `addrs` (in turn) to admit this node.
-pub async fn request(
-    endpoint: &quinn::Endpoint,
-    addrs: &[String],
-    token: &str,
-    request: JoinRequest,
-) -> anyhow::Result<Pending> {
-    let (fingerprint, _) = tls::parse_join_token(token)?;
-    let client_config = tls::join_client_config(&fingerprint)?;
-    let mut last_error = anyhow!("no coordinator address to join");
-    for addr in addrs {
-        let attempt = async {
-            let sock = tokio::net::lookup_host(addr.as_str())
-                .await
-                .with_context(|| format!("resolving {addr}"))?
-                .next()
-                .ok_or_else(|| anyhow!("{addr} resolves to nothing"))?;
-            let connection = endpoint
-                .connect_with(client_config.clone(), sock, tls::SERVER_NAME)?
-                .await
-                .with_context(|| format!("connecting to {addr}"))?;
-            let (mut tx, rx) = connection.open_bi().await?;
-            let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
-            let software = spacedock_cli_common::software("spacedock");
-            dial_handshake(
-                &mut rx,
-                &mut tx,
-                request.role,
-                &software,
-                &request.name,
-                TIMEOUT,
-            )
-            .await?;
-            send(&mut tx, &request.clone().into()).await?;
-            match tokio::time::timeout(TIMEOUT, rx.recv())
-                .await
-                .map_err(|_| anyhow!("no answer from {addr}"))??
-            {
-                Some(wire::Message::JoinReply(reply)) => Ok(Pending {
-                    reply,
-                    tx,
-                    rx,
-                    _connection: connection,
-                }),
-                Some(wire::Message::Refused(r)) => {
-                    Err(anyhow!("{addr} refused the join: {}", r.message))
-                }
-                other => Err(anyhow!("unexpected answer from {addr}: {other:?}")),
-            }
-        };
-        match attempt.await {
-            Ok(pending) => return Ok(pending),
-            Err(e) => {
-                tracing::warn!(addr, error = %format!("{e:#}"), "join attempt failed");
-                last_error = e;
-            }
-        }
-    }
-    Err(last_error)
-}
-
-impl Pending {
-    /// Joiner side, coordinators only: says this node runs, and waits until it is a voter.
-    pub async fn ready(mut self) -> anyhow::Result<()> {
-        send(&mut self.tx, &JoinReady {}.into()).await?;
-        match tokio::time::timeout(READY_TIMEOUT, self.rx.recv())
-            .await
-            .map_err(|_| anyhow!("not added within {READY_TIMEOUT:?}"))??
-        {
-            Some(wire::Message::Joined(_)) => Ok(()),
-            Some(wire::Message::Refused(r)) => {
-                bail!("the cluster could not add this coordinator: {}", r.message)
-            }
-            other => bail!("unexpected answer while joining: {other:?}"),
-        }
-    }
+/// What a coordinator needs to admit joiners.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    pub ca: ClusterCa,
+    pub ca_fingerprint: String,
+    pub node: NodeHandle,
 }
 
 /// Coordinator side: serves one `JoinRequest` stream.

@@ -10,4 +10,5 @@ pub mod peer;
 pub mod quic_server;
 pub mod raft_store;
 pub mod service;
-pub mod tls;
+
+pub use spacedock_net::tls;

@@ -1,7 +1,11 @@
 //! The wire protocol on real streams: framed messages over any async byte stream (QUIC streams in production),
 //! and the opening handshake that negotiates the protocol version.
 //!
-//! The framing and negotiation rules live in `spacedock_shared::wire`, free of IO; this crate only moves bytes.
+//! The framing and negotiation rules live in `spacedock_shared::wire`, free of IO; this crate moves bytes, holds the
+//! cluster's TLS material and configs (`tls`), and the joiner's side of the join protocol (`join`).
+
+pub mod join;
+pub mod tls;
 
 use std::time::Duration;
 
