@@ -1,6 +1,8 @@
 //! `spacedock-agent`: the node daemon's entry point: flags over the config file, then the service.
 
 mod config;
+mod inventory;
+mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,8 +52,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     )? {
         return Ok(ExitCode::SUCCESS);
     }
-    anyhow::bail!(
-        "joining a cluster and running Spaces are not part of this build yet (tracked as issue #4); \
-         use --print-config to check a config"
-    )
+    if config.join.is_empty() {
+        anyhow::bail!(
+            "no coordinator to join: set `join` in the config or pass --join ADDR[,ADDR...]"
+        );
+    }
+    let name = config
+        .node_name
+        .clone()
+        .unwrap_or_else(inventory::host_name);
+    let token = match (&cli.join.token, &config.token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| {
+                    anyhow::anyhow!("reading the join token file {}: {e}", file.display())
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let identity = match session::load_identity(&config.data_dir)? {
+            Some(identity) => identity,
+            None => {
+                let token = token.ok_or_else(|| {
+                    anyhow::anyhow!("the first start needs a join token (--token or token_file)")
+                })?;
+                session::join(&config, &name, &token).await?
+            }
+        };
+        tokio::select! {
+            result = session::run(&config, &name, &identity) => result,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

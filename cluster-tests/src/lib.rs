@@ -125,8 +125,13 @@ impl Coordinator {
 
     /// Starts a coordinator that bootstraps a new cluster in `dir`, and waits until it answers.
     pub fn bootstrap(dir: &Path) -> Coordinator {
+        Coordinator::bootstrap_with(dir, &[])
+    }
+
+    /// `bootstrap` with extra flags (e.g. `--node-ttl-seconds 3`).
+    pub fn bootstrap_with(dir: &Path, extra: &[&str]) -> Coordinator {
         let mut c = Coordinator::new(dir, 1);
-        c.start_with(&[]);
+        c.start_with(extra);
         c.wait_ready();
         c
     }

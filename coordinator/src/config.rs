@@ -31,6 +31,8 @@ pub struct CoordinatorConfig {
     pub log: String,
     /// Applied Raft entries after which a snapshot compacts the log.
     pub snapshot_entries: u64,
+    /// Seconds without a heartbeat after which the leader marks a node down.
+    pub node_ttl_seconds: u64,
     /// Changes to the hardware flavor catalog.
     pub flavors: CatalogConfig,
     /// Kinds of node the fleet has; every flavor must fit one of them. Empty: checked as nodes join.
@@ -50,6 +52,7 @@ impl Default for CoordinatorConfig {
             join: Vec::new(),
             log: "info,raft=warn".into(),
             snapshot_entries: 100_000,
+            node_ttl_seconds: 15,
             flavors: CatalogConfig::default(),
             node_shapes: Vec::new(),
         }
@@ -87,6 +90,12 @@ impl CoordinatorConfig {
         let mut problems = Vec::new();
         if self.node_id == 0 {
             problems.push("node_id: must be a positive number".to_string());
+        }
+        if self.node_ttl_seconds < 2 {
+            problems.push(format!(
+                "node_ttl_seconds: {} is too short; use at least 2",
+                self.node_ttl_seconds
+            ));
         }
         if self.snapshot_entries < 100 {
             problems.push(format!(

@@ -44,6 +44,8 @@ pub struct Authority {
     pub ca: ClusterCa,
     pub ca_fingerprint: String,
     pub node: NodeHandle,
+    /// Heartbeats of the agents connected here.
+    pub liveness: std::sync::Arc<crate::agents::Liveness>,
 }
 
 /// Coordinator side: serves one `JoinRequest` stream.

@@ -35,6 +35,9 @@ struct Cli {
     /// Domain under which Spaces are served.
     #[arg(long)]
     apps_domain: Option<String>,
+    /// Seconds without a heartbeat after which a node is marked down.
+    #[arg(long)]
+    node_ttl_seconds: Option<u64>,
     /// QUIC addresses of running coordinators to join, comma-separated (first start only).
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
@@ -98,6 +101,9 @@ async fn shutdown_signal() {
 fn apply_flags(config: &mut CoordinatorConfig, flags: Cli) {
     if let Some(v) = flags.node_id {
         config.node_id = v;
+    }
+    if let Some(v) = flags.node_ttl_seconds {
+        config.node_ttl_seconds = v;
     }
     if let Some(v) = flags.api_listen {
         config.api_listen = v;

@@ -1,6 +1,6 @@
 //! The coordinator's QUIC endpoint: accepts connections, runs the opening handshake on each stream, and hands
-//! the stream to what the peer's certificate allows: Raft and status from other coordinators; from nodes
-//! without a certificate, only a join request.
+//! the stream to what the peer's certificate allows: Raft and status from other coordinators, sessions from
+//! agents; from nodes without a certificate, only a join request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use spacedock_net::{FramedReader, accept_handshake, send};
 use spacedock_shared::wire::{self, RefuseCode, Refused, Role};
 use tracing::Instrument as _;
 
+use crate::agents;
 use crate::join::{self, Authority};
 use crate::{peer, tls};
 
@@ -75,6 +76,10 @@ async fn handle_stream(
         (Role::Coordinator, Some(name)) if coordinator_id(name).is_some() => {
             let peer_id = coordinator_id(name).unwrap_or_default();
             peer::receive(reader, tx, peer_id, authority.node.clone()).await
+        }
+        (Role::Agent, Some(name)) if name.starts_with("agent-") => {
+            let node_name = name.trim_start_matches("agent-").to_owned();
+            agents::session(&authority.node, &authority.liveness, &node_name, reader, tx).await
         }
         (_, None) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
             Ok(Ok(Some(wire::Message::JoinRequest(request)))) if request.role == hello.role => {

@@ -148,11 +148,18 @@ pub async fn run(
         cert_pem: identity.ca_pem.clone(),
         key_pem: std::fs::read_to_string(dir.tls().join("ca.key")).context("reading the CA key")?,
     };
+    let liveness = Arc::new(crate::agents::Liveness::default());
     let authority = Authority {
         ca_fingerprint: tls::ca_fingerprint(&ca.cert_pem)?,
         ca,
         node: node.clone(),
+        liveness: liveness.clone(),
     };
+    tokio::spawn(crate::agents::watch(
+        node.clone(),
+        liveness,
+        Duration::from_secs(config.node_ttl_seconds),
+    ));
     tokio::spawn(quic_server::serve(
         endpoint.clone(),
         Arc::new(authority.clone()),

@@ -103,6 +103,7 @@ fn start(
         ca: ca.clone(),
         ca_fingerprint: tls::ca_fingerprint(&ca.cert_pem).unwrap(),
         node: handle.clone(),
+        liveness: Default::default(),
     };
     tokio::spawn(quic_server::serve(endpoint, Arc::new(authority)));
     if bootstrap {

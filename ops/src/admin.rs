@@ -40,6 +40,42 @@ pub enum JoinTokenCommand {
     Revoke { id: String },
 }
 
+/// `spacedock nodes`: every worker node with its state and inventory.
+pub fn nodes(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let nodes = client.get("/api/nodes")?;
+    if json {
+        return print(&nodes);
+    }
+    println!(
+        "{:<20} {:<9} {:>5} {:>9} {:>10}  GPUS",
+        "NAME", "STATE", "CPUS", "MEM_GIB", "DISK_GIB"
+    );
+    for n in nodes.as_array().cloned().unwrap_or_default() {
+        let gib = |v: &Value| v.as_u64().unwrap_or(0) / (1 << 30);
+        let gpus: Vec<String> = n["gpus"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap_or("?").to_owned())
+            .collect();
+        let gpus = if gpus.is_empty() {
+            n["gpuNote"].as_str().unwrap_or("-").to_owned()
+        } else {
+            gpus.join(", ")
+        };
+        println!(
+            "{:<20} {:<9} {:>5} {:>9} {:>10}  {gpus}",
+            n["name"].as_str().unwrap_or("?"),
+            n["state"].as_str().unwrap_or("?"),
+            n["cpuCores"].to_string(),
+            gib(&n["memoryBytes"]),
+            gib(&n["diskFreeBytes"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user.

@@ -41,6 +41,12 @@ enum Command {
     /// Operate the cluster: status, join tokens, members.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
+    /// Worker nodes: state (ready, down, draining), inventory and GPUs.
+    Nodes {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage users (cluster admins).
     #[command(subcommand)]
     User(admin::UserCommand),
@@ -103,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(space::validate(&path, &Catalog::huggingface()))
         }
         Command::Cluster(command) => admin::cluster(&client()?, command),
+        Command::Nodes { json } => admin::nodes(&client()?, json),
         Command::User(command) => admin::user(&client()?, command),
         Command::Org(command) => admin::org(&client()?, command),
         Command::Token(command) => admin::token(&client()?, command),

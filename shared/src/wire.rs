@@ -175,6 +175,57 @@ pub struct JoinReady {}
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Joined {}
 
+/// One GPU as NVML reports it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    /// `enabled`, `disabled` or empty when NVML does not say.
+    pub mig_mode: String,
+    /// UUIDs of MIG devices when MIG is enabled.
+    pub mig_devices: Vec<String>,
+    /// `9.0` for an H100.
+    pub compute_capability: String,
+    pub pci_bus_id: String,
+    pub power_limit_milliwatts: u32,
+    /// Volatile uncorrected ECC errors, when NVML reports them.
+    pub ecc_uncorrected: Option<u64>,
+}
+
+/// A key and value (node labels).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+/// What an agent's node has, sent on connect and refreshed periodically.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Inventory {
+    pub name: String,
+    pub labels: Vec<Label>,
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+    /// Free bytes on the file system holding the agent's data dir.
+    pub disk_free_bytes: u64,
+    pub kernel: String,
+    /// Empty until the agent talks to containerd.
+    pub containerd_version: String,
+    pub driver_version: String,
+    pub cuda_version: String,
+    pub gpus: Vec<GpuInfo>,
+    /// Why there are no GPUs, when NVML could not be used (no driver): one line for operators.
+    pub gpu_note: String,
+}
+
+/// The coordinator accepted an agent's inventory: the node's name in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Registered {
+    pub node: String,
+}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -231,6 +282,8 @@ messages! {
     10 => JoinReply,
     11 => JoinReady,
     12 => Joined,
+    13 => Inventory,
+    14 => Registered,
 }
 
 /// Encodes a message as one frame.

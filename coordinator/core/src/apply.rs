@@ -14,8 +14,8 @@ use crate::access::{
 use crate::command::{Command, Envelope, KeyValue, NewToken, SpaceSpec};
 use crate::error::ApplyError;
 use crate::state::{
-    JoinToken, Millis, Org, Repo, RepoKind, Role, Secret, SecretValue, SpaceState, Stage, State,
-    Token, User, Variable, repo_key,
+    JoinToken, Millis, Node, NodeState, Org, Repo, RepoKind, Role, Secret, SecretValue, SpaceState,
+    Stage, State, Token, User, Variable, repo_key,
 };
 
 /// Applies one entry. On error nothing changed.
@@ -455,6 +455,53 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 revoked: false,
             };
             state.join_tokens.insert(secret_hash.clone(), token);
+            Ok(())
+        }
+        Command::RegisterNode { inventory } => {
+            system_only(&principal_hash)?;
+            let name = inventory.name.clone();
+            if name.is_empty() || name.len() > 253 {
+                return Err(ApplyError::invalid(
+                    "name",
+                    "a node needs a name of 1 to 253 characters",
+                ));
+            }
+            let previous = state.nodes.get(&name);
+            let node = Node {
+                name: name.clone(),
+                inventory: inventory.clone(),
+                // A draining node stays draining when it reconnects.
+                state: match previous.map(|n| n.state) {
+                    Some(NodeState::Draining) => NodeState::Draining,
+                    _ => NodeState::Ready,
+                },
+                registered_at: previous.map_or(at, |n| n.registered_at),
+                updated_at: at,
+            };
+            state.nodes.insert(name, node);
+            Ok(())
+        }
+        Command::SetNodeState {
+            name,
+            state: node_state,
+        } => {
+            if let Some(hash) = &principal_hash {
+                let p = authenticate(state, hash, at)?;
+                if !p.is_cluster_admin() {
+                    return Err(ApplyError::Forbidden(
+                        "changing a node's state needs a cluster admin token".into(),
+                    ));
+                }
+            }
+            let node = state
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| ApplyError::NotFound {
+                    what: "node",
+                    name: name.clone(),
+                })?;
+            node.state = *node_state;
+            node.updated_at = at;
             Ok(())
         }
         Command::RevokeJoinToken { id } => {

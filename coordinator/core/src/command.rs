@@ -8,7 +8,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 use spacedock_shared::flavor::Flavor;
 
-use crate::state::{Member, Millis, NodeRole, RepoKind, Role};
+use crate::state::{Member, Millis, NodeRole, NodeState, RepoKind, Role};
 
 /// Version of the envelope encoding this build writes.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -179,6 +179,15 @@ pub enum Command {
     RevokeJoinToken {
         id: String,
     },
+    /// An agent connected with this inventory (issued by the coordinator it connected to); the node is ready.
+    RegisterNode {
+        inventory: spacedock_shared::wire::Inventory,
+    },
+    /// Issued by the leader's liveness check (down), or by an operator (draining, ready).
+    SetNodeState {
+        name: String,
+        state: NodeState,
+    },
 }
 
 impl Envelope {
@@ -232,6 +241,8 @@ impl Command {
             Command::RemoveMember { .. } => "RemoveMember",
             Command::CreateJoinToken { .. } => "CreateJoinToken",
             Command::RevokeJoinToken { .. } => "RevokeJoinToken",
+            Command::RegisterNode { .. } => "RegisterNode",
+            Command::SetNodeState { .. } => "SetNodeState",
         }
     }
 }

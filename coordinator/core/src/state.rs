@@ -115,6 +115,36 @@ pub struct JoinToken {
     pub revoked: bool,
 }
 
+/// Whether a node takes work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum NodeState {
+    Ready,
+    /// Missed heartbeats past the TTL; its allocations are lost.
+    Down,
+    /// Ineligible for new work; its workloads move off.
+    Draining,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+/// A worker node (an agent), by its certificate name.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub inventory: spacedock_shared::wire::Inventory,
+    pub state: NodeState,
+    pub registered_at: Millis,
+    pub updated_at: Millis,
+}
+
 /// The three kinds of repo the Hub has.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
@@ -307,6 +337,8 @@ pub struct State {
     pub members: BTreeMap<u64, Member>,
     /// Join tokens by secret hash.
     pub join_tokens: BTreeMap<String, JoinToken>,
+    /// Worker nodes by name.
+    pub nodes: BTreeMap<String, Node>,
 }
 
 /// The key a repo is stored under: kind and case-folded id, so `User/App` and `user/app` are one repo.

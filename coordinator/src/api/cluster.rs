@@ -30,6 +30,7 @@ pub fn routes() -> Router<Api> {
         .route("/api/cluster/tokens", post(create_token))
         .route("/api/cluster/tokens/{id}", delete(revoke_token))
         .route("/api/cluster/members/{id}", delete(remove_member))
+        .route("/api/nodes", get(nodes))
         .route("/api/cluster/join-tokens", post(create_join_token))
         .route("/api/cluster/join-tokens/{id}", delete(revoke_join_token))
 }
@@ -478,4 +479,56 @@ where
         }
     }
     out
+}
+
+/// Every worker node with its inventory and state.
+async fn nodes(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let nodes = api
+        .read(&headers, |state, p| {
+            require_admin(p)?;
+            Ok(state.nodes.values().map(node_json).collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(JsonResponse(Value::Array(nodes)))
+}
+
+fn node_json(n: &spacedock_coordinator_core::state::Node) -> Value {
+    let i = &n.inventory;
+    let gpus: Vec<Value> = i
+        .gpus
+        .iter()
+        .map(|g| {
+            json!({
+                "index": g.index, "uuid": g.uuid, "name": g.name, "memoryTotalBytes": g.memory_total_bytes,
+                "migMode": g.mig_mode, "migDevices": g.mig_devices, "computeCapability": g.compute_capability,
+                "pciBusId": g.pci_bus_id, "powerLimitMilliwatts": g.power_limit_milliwatts,
+                "eccUncorrected": g.ecc_uncorrected,
+            })
+        })
+        .collect();
+    let labels: serde_json::Map<String, Value> = i
+        .labels
+        .iter()
+        .map(|l| (l.key.clone(), Value::String(l.value.clone())))
+        .collect();
+    json!({
+        "name": n.name,
+        "state": n.state.as_str(),
+        "registeredAt": super::iso8601(n.registered_at),
+        "updatedAt": super::iso8601(n.updated_at),
+        "labels": labels,
+        "cpuCores": i.cpu_cores,
+        "memoryBytes": i.memory_bytes,
+        "diskFreeBytes": i.disk_free_bytes,
+        "kernel": i.kernel,
+        "containerdVersion": i.containerd_version,
+        "driverVersion": i.driver_version,
+        "cudaVersion": i.cuda_version,
+        "gpus": gpus,
+        "gpuNote": i.gpu_note,
+        "allocations": [],
+    })
 }

@@ -95,6 +95,9 @@ pub struct JoinFlags {
     /// Join token file from `spacedock cluster join-token create`.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Join token itself (instead of a file); only read on the first start.
+    #[arg(long, env = "SPACEDOCK_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl JoinFlags {

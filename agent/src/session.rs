@@ -1,0 +1,197 @@
+//! The agent's link to the cluster: join once with a token (the identity is kept in the data dir), then stay
+//! connected to the leader over mutual-TLS QUIC, sending the inventory and a heartbeat every two seconds, and
+//! reconnecting (following `NotLeader` redirects) whenever the link breaks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use spacedock_net::tls::{self, Identity};
+use spacedock_net::{FramedReader, dial_handshake, join, send};
+use spacedock_shared::wire::{self, Heartbeat, JoinRequest, RefuseCode, Role};
+
+use crate::config::AgentConfig;
+use crate::inventory;
+
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const INVENTORY_REFRESH: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn identity_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity")
+}
+
+/// The node's certificate, from an earlier join.
+pub fn load_identity(data_dir: &Path) -> anyhow::Result<Option<Identity>> {
+    let dir = identity_dir(data_dir);
+    if !dir.join("node.pem").exists() {
+        return Ok(None);
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("reading {}", dir.join(name).display()))
+    };
+    Ok(Some(Identity {
+        chain_pem: read("node.pem")?,
+        key_pem: read("node.key")?,
+        ca_pem: read("ca.pem")?,
+    }))
+}
+
+fn save_identity(data_dir: &Path, identity: &Identity) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = identity_dir(data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    for (name, contents) in [
+        ("ca.pem", &identity.ca_pem),
+        ("node.key", &identity.key_pem),
+        ("node.pem", &identity.chain_pem),
+    ] {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// Joins the cluster with the token; the identity is written to the data dir.
+pub async fn join(config: &AgentConfig, name: &str, token: &str) -> anyhow::Result<Identity> {
+    let client = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .context("QUIC client endpoint")?;
+    let request = JoinRequest {
+        token: token.to_owned(),
+        role: Role::Agent,
+        node_id: 0,
+        name: name.to_owned(),
+        api_url: String::new(),
+        quic_addr: String::new(),
+    };
+    let pending = join::request(&client, &config.join, token, request).await?;
+    let reply = &pending.reply;
+    let identity = Identity {
+        chain_pem: reply.chain_pem.clone(),
+        key_pem: reply.key_pem.clone(),
+        ca_pem: reply.ca_pem.clone(),
+    };
+    save_identity(&config.data_dir, &identity)?;
+    println!(
+        "spacedock-agent: joined cluster {} as node {name}",
+        reply.cluster_id
+    );
+    Ok(identity)
+}
+
+/// Stays connected until the process stops: returns only on a refusal that retrying cannot fix.
+pub async fn run(config: &AgentConfig, name: &str, identity: &Identity) -> anyhow::Result<()> {
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .context("QUIC client endpoint")?;
+    let client_config = tls::client_config(identity)?;
+    let mut targets: Vec<String> = config.join.clone();
+    let mut attempt = 0u32;
+    loop {
+        let target = targets[attempt as usize % targets.len()].clone();
+        match connected(&endpoint, &client_config, &target, config, name).await {
+            Ok(Outcome::Redirect(leader)) if !leader.is_empty() => {
+                tracing::info!(from = target, to = leader, "following the leader");
+                if !targets.contains(&leader) {
+                    targets.insert(0, leader.clone());
+                }
+                attempt = targets.iter().position(|t| *t == leader).unwrap_or(0) as u32;
+                continue;
+            }
+            Ok(Outcome::Redirect(_)) => tracing::info!(target, "no leader known yet"),
+            Ok(Outcome::Lost(e)) => {
+                tracing::warn!(target, error = %e, "lost the link to the cluster; reconnecting")
+            }
+            Err(e) if e.to_string().contains("Unauthorized") => return Err(e),
+            Err(e) => tracing::warn!(target, error = %format!("{e:#}"), "cannot reach the cluster"),
+        }
+        attempt = attempt.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+enum Outcome {
+    /// The coordinator is not the leader; the leader's address when known.
+    Redirect(String),
+    /// The link broke after it worked.
+    Lost(anyhow::Error),
+}
+
+async fn connected(
+    endpoint: &quinn::Endpoint,
+    client_config: &quinn::ClientConfig,
+    target: &str,
+    config: &AgentConfig,
+    name: &str,
+) -> anyhow::Result<Outcome> {
+    let addr = tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow!("{target} resolves to nothing"))?;
+    let connection = endpoint
+        .connect_with(client_config.clone(), addr, tls::SERVER_NAME)?
+        .await?;
+    let (mut tx, rx) = connection.open_bi().await?;
+    let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
+    let software = spacedock_cli_common::software("spacedock-agent");
+    dial_handshake(&mut rx, &mut tx, Role::Agent, &software, name, TIMEOUT).await?;
+    send(
+        &mut tx,
+        &inventory::collect(name, &config.labels, &config.data_dir).into(),
+    )
+    .await?;
+    match tokio::time::timeout(TIMEOUT, rx.recv())
+        .await
+        .map_err(|_| anyhow!("no answer to the inventory"))??
+    {
+        Some(wire::Message::Registered(r)) => {
+            tracing::info!(node = r.node, coordinator = target, "registered")
+        }
+        Some(wire::Message::Refused(r)) if r.code == RefuseCode::NotLeader => {
+            return Ok(Outcome::Redirect(r.message));
+        }
+        Some(wire::Message::Refused(r)) => bail!("{:?}: {}", r.code, r.message),
+        other => bail!("unexpected answer to the inventory: {other:?}"),
+    }
+    let mut seq = 0u64;
+    let mut last_inventory = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        seq += 1;
+        if last_inventory.elapsed() >= INVENTORY_REFRESH {
+            let inventory = inventory::collect(name, &config.labels, &config.data_dir);
+            if let Err(e) = send(&mut tx, &inventory.into()).await {
+                return Ok(Outcome::Lost(e.into()));
+            }
+            last_inventory = tokio::time::Instant::now();
+        }
+        if let Err(e) = send(&mut tx, &Heartbeat { seq }.into()).await {
+            return Ok(Outcome::Lost(e.into()));
+        }
+        match tokio::time::timeout(TIMEOUT, rx.recv()).await {
+            Ok(Ok(Some(wire::Message::HeartbeatAck(_)))) => {}
+            Ok(Ok(other)) => {
+                return Ok(Outcome::Lost(anyhow!(
+                    "unexpected answer to a heartbeat: {other:?}"
+                )));
+            }
+            Ok(Err(e)) => return Ok(Outcome::Lost(e.into())),
+            Err(_) => {
+                return Ok(Outcome::Lost(anyhow!(
+                    "no heartbeat answer within {TIMEOUT:?}"
+                )));
+            }
+        }
+    }
+}
