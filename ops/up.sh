@@ -2,7 +2,8 @@
 # Brings up spacedock on this machine, as far as the project has come: installs the system packages it needs
 # (as root, on Debian), builds every binary in release mode, checks the example Spaces, then runs a one-machine
 # cluster in the foreground (`spacedock dev`) with the example Spaces created, printing where to reach it.
-# SPACEDOCK_DEV_DIR (default ~/.spacedock-dev) and SPACEDOCK_COORDINATORS (default 1) change where and how many.
+# SPACEDOCK_DEV_DIR (default ~/.spacedock-dev), SPACEDOCK_COORDINATORS (default 1) and SPACEDOCK_AGENTS (default 1)
+# change where and how many.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,9 @@ data_dir=${SPACEDOCK_DEV_DIR:-$HOME/.spacedock-dev}
 coordinators=${SPACEDOCK_COORDINATORS:-1}
 step "starting a $coordinators-coordinator cluster in $data_dir (Ctrl-C stops it)"
 cat <<MSG
-Not yet: agents, builders and the ingress that build and serve the example Spaces (they are created as Space
-repos in the API now); they arrive with the agent, repos, builder and end-to-end issues.
+Not yet: running containers on the agent, builders and the ingress that build and serve the example Spaces
+(they are created as Space repos in the API now); they arrive with the agent, repos, builder and end-to-end
+issues.
 MSG
-exec "$bin/spacedock" dev --coordinators "$coordinators" --data-dir "$data_dir" --examples ops/examples
+exec "$bin/spacedock" dev --coordinators "$coordinators" --agents "${SPACEDOCK_AGENTS:-1}" \
+  --data-dir "$data_dir" --examples ops/examples

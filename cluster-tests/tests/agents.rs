@@ -114,6 +114,30 @@ fn agents_join_report_inventory_and_go_down() {
         listed.stdout
     );
 
+    // Drain and back.
+    let drained = run(
+        "spacedock",
+        &["nodes", "drain", "a2"],
+        &[("HF_ENDPOINT", &c.api_url), ("HF_TOKEN", &admin)],
+    );
+    assert_eq!(drained.code, Some(0), "{drained:?}");
+    assert_eq!(node(&c, &admin, "a2").unwrap()["state"], "draining");
+    let missing = run(
+        "spacedock",
+        &["nodes", "drain", "nope"],
+        &[("HF_ENDPOINT", &c.api_url), ("HF_TOKEN", &admin)],
+    );
+    assert!(
+        missing.code != Some(0) && missing.stderr.contains("node `nope` not found"),
+        "{missing:?}"
+    );
+    run(
+        "spacedock",
+        &["nodes", "ready", "a2"],
+        &[("HF_ENDPOINT", &c.api_url), ("HF_TOKEN", &admin)],
+    );
+    assert_eq!(node(&c, &admin, "a2").unwrap()["state"], "ready");
+
     // A wrong token, a revoked one: refused with a message, nothing joins.
     let mut bad = agent(
         dir.path(),

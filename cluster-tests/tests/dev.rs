@@ -1,9 +1,9 @@
-//! `spacedock dev` as a user runs it: three coordinators come up, `cluster.json` has its documented shape, the
-//! CLI reads the status through it, and SIGTERM stops every child.
+//! `spacedock dev` as a user runs it: three coordinators and two agents come up, `cluster.json` has its
+//! documented shape, the CLI reads the status through it, and SIGTERM stops every child.
 
 #![allow(clippy::unwrap_used)] // test harness: panics are how tests fail
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use spacedock_cluster_tests::{binary, repo_root, run};
@@ -17,14 +17,16 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
             "dev",
             "--coordinators",
             "3",
+            "--agents",
+            "2",
             "--examples",
             "ops/examples",
             "--data-dir",
         ])
         .arg(&data_dir)
         .current_dir(repo_root())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("dev.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("dev.err")).unwrap())
         .spawn()
         .unwrap();
     let cluster_json = data_dir.join("cluster.json");
@@ -54,6 +56,16 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
         );
         assert!(c["pid"].as_u64().unwrap() > 0);
     }
+    let agents = cluster["agents"].as_array().unwrap();
+    let output = || {
+        std::fs::read_to_string(dir.path().join("dev.out")).unwrap()
+            + &std::fs::read_to_string(dir.path().join("dev.err")).unwrap()
+    };
+    assert_eq!(agents.len(), 2, "{cluster}\n{}", output());
+    assert_eq!(
+        (agents[0]["id"].as_str(), agents[1]["id"].as_str()),
+        (Some("node-1"), Some("node-2"))
+    );
     let token_file = cluster["admin_token_file"].as_str().unwrap();
     let token = std::fs::read_to_string(token_file)
         .unwrap()

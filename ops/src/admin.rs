@@ -40,6 +40,24 @@ pub enum JoinTokenCommand {
     Revoke { id: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// Make a node ineligible for new work and move its workloads off.
+    Drain { node: String },
+    /// Make a drained node eligible again.
+    Ready { node: String },
+}
+
+pub fn node_command(client: &Client, command: NodesCommand) -> anyhow::Result<ExitCode> {
+    let (node, action) = match &command {
+        NodesCommand::Drain { node } => (node, "drain"),
+        NodesCommand::Ready { node } => (node, "ready"),
+    };
+    let result = client.post(&format!("/api/nodes/{node}/{action}"), &json!({}))?;
+    eprintln!("node {node} is {}", result["state"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `spacedock nodes`: every worker node with its state and inventory.
 pub fn nodes(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let nodes = client.get("/api/nodes")?;

@@ -5,7 +5,7 @@
 //! cluster. The command stays in the foreground; Ctrl-C (or SIGTERM) stops every child cleanly.
 //!
 //! `DIR/cluster.json` is `{"api_url": URL, "admin_token_file": PATH, "coordinators": [{"id", "api_url", "pid",
-//! "quic_addr"}, ...]}`; later versions add `agents` and `builders` lists of the same shape.
+//! "quic_addr"}, ...], "agents": [{"id": NODE_NAME, "pid"}, ...]}`; a later version adds `builders`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// Where the cluster keeps its state and logs; reused on the next run.
     #[arg(long, default_value = "spacedock-dev")]
     data_dir: PathBuf,
+    /// Agents to run, each with its own data dir, joined with an agent join token.
+    #[arg(long, default_value_t = 0)]
+    agents: u64,
     /// A directory of example Spaces (one per subdirectory with a README.md) to create as `admin/NAME`.
     #[arg(long)]
     examples: Option<PathBuf>,
@@ -39,6 +42,16 @@ pub struct ClusterFile {
     pub api_url: String,
     pub admin_token_file: PathBuf,
     pub coordinators: Vec<ProcessEntry>,
+    #[serde(default)]
+    pub agents: Vec<AgentEntry>,
+}
+
+/// One agent in `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentEntry {
+    /// The agent's node name.
+    pub id: String,
+    pub pid: u32,
 }
 
 /// One process in `cluster.json`.
@@ -51,6 +64,8 @@ pub struct ProcessEntry {
 }
 
 struct Running {
+    /// `coordinator` or `agent`, for messages.
+    kind: &'static str,
     entry: ProcessEntry,
     child: Child,
 }
@@ -121,11 +136,33 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
 
+    let mut agents: Vec<Running> = Vec::new();
+    if let Err(e) = start_agents(args.agents, &dir, &plan, &admin_token_file, &mut agents) {
+        stop(&mut agents);
+        stop(&mut running);
+        return Err(e);
+    }
     let cluster = ClusterFile {
         api_url: plan[0].api_url.clone(),
         admin_token_file: admin_token_file.clone(),
         coordinators: running.iter().map(|r| r.entry.clone()).collect(),
+        agents: agents
+            .iter()
+            .map(|a| AgentEntry {
+                id: agent_name(a.entry.id),
+                pid: a.entry.pid,
+            })
+            .collect(),
     };
+    for a in &agents {
+        println!(
+            "  agent {} (pid {}, log {})",
+            agent_name(a.entry.id),
+            a.entry.pid,
+            dir.join(format!("{}.log", agent_name(a.entry.id)))
+                .display()
+        );
+    }
     write_cluster_file(&dir.join("cluster.json"), &cluster)?;
     println!("spacedock dev: {} coordinator(s) running", running.len());
     for r in &running {
@@ -167,6 +204,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         dir.display()
     );
 
+    running.append(&mut agents);
     let outcome = runtime.block_on(watch(&mut running));
     stop(&mut running);
     outcome?;
@@ -200,6 +238,97 @@ fn example_spaces(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     }
     spaces.sort();
     Ok(spaces)
+}
+
+fn agent_name(i: u64) -> String {
+    format!("node-{i}")
+}
+
+/// Starts `n` agents joined to the coordinators and waits until each is a ready node.
+fn start_agents(
+    n: u64,
+    dir: &Path,
+    plan: &[ProcessEntry],
+    admin_token_file: &Path,
+    agents: &mut Vec<Running>,
+) -> anyhow::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let binary = sibling("spacedock-agent")?;
+    let admin = Client::new(&plan[0].api_url, Some(read_token(admin_token_file)?));
+    let join: Vec<String> = plan.iter().map(|p| p.quic_addr.clone()).collect();
+    let mut token = None;
+    for i in 1..=n {
+        let name = agent_name(i);
+        let data_dir = dir.join(&name);
+        let mut command = Command::new(&binary);
+        command.arg("--data-dir").arg(&data_dir).args([
+            "--join",
+            &join.join(","),
+            "--node-name",
+            &name,
+        ]);
+        if !data_dir.join("identity").exists() {
+            if token.is_none() {
+                let created = admin.post(
+                    "/api/cluster/join-tokens",
+                    &json!({ "role": "agent", "ttlSeconds": 600 }),
+                )?;
+                token = Some(
+                    created["token"]
+                        .as_str()
+                        .ok_or_else(|| anyhow!("no join token in the answer"))?
+                        .to_owned(),
+                );
+            }
+            command.env("SPACEDOCK_JOIN_TOKEN", token.clone().unwrap_or_default());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let entry = ProcessEntry {
+            id: i,
+            api_url: String::new(),
+            pid: child.id(),
+            quic_addr: String::new(),
+        };
+        agents.push(Running {
+            kind: "agent",
+            entry,
+            child,
+        });
+        let started = Instant::now();
+        loop {
+            let nodes = admin.get("/api/nodes").unwrap_or_default();
+            let ready = nodes
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n["name"] == name && n["state"] == "ready"));
+            if ready {
+                break;
+            }
+            if let Some(a) = agents.last_mut()
+                && let Ok(Some(status)) = a.child.try_wait()
+            {
+                bail!(
+                    "agent {name} exited ({status}) while joining; see {}",
+                    dir.join(format!("{name}.log")).display()
+                );
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("agent {name} did not register within {READY_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 fn fresh_entry(id: u64) -> anyhow::Result<ProcessEntry> {
@@ -279,7 +408,11 @@ fn spawn(
         pid: child.id(),
         ..entry.clone()
     };
-    Ok(Running { entry, child })
+    Ok(Running {
+        kind: "coordinator",
+        entry,
+        child,
+    })
 }
 
 /// Waits until the coordinator answers a cluster status request, or fails with its log's tail.
@@ -347,7 +480,8 @@ async fn watch(running: &mut [Running]) -> anyhow::Result<()> {
         for r in running.iter_mut() {
             if let Ok(Some(status)) = r.child.try_wait() {
                 bail!(
-                    "coordinator {} exited on its own ({status}); stopping the cluster",
+                    "{} {} exited on its own ({status}); stopping the cluster",
+                    r.kind,
                     r.entry.id
                 );
             }

@@ -46,6 +46,8 @@ enum Command {
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        command: Option<admin::NodesCommand>,
     },
     /// Manage users (cluster admins).
     #[command(subcommand)]
@@ -109,7 +111,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(space::validate(&path, &Catalog::huggingface()))
         }
         Command::Cluster(command) => admin::cluster(&client()?, command),
-        Command::Nodes { json } => admin::nodes(&client()?, json),
+        Command::Nodes {
+            json,
+            command: None,
+        } => admin::nodes(&client()?, json),
+        Command::Nodes {
+            command: Some(command),
+            ..
+        } => admin::node_command(&client()?, command),
         Command::User(command) => admin::user(&client()?, command),
         Command::Org(command) => admin::org(&client()?, command),
         Command::Token(command) => admin::token(&client()?, command),

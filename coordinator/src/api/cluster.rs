@@ -31,6 +31,8 @@ pub fn routes() -> Router<Api> {
         .route("/api/cluster/tokens/{id}", delete(revoke_token))
         .route("/api/cluster/members/{id}", delete(remove_member))
         .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}/drain", post(drain))
+        .route("/api/nodes/{name}/ready", post(undrain))
         .route("/api/cluster/join-tokens", post(create_join_token))
         .route("/api/cluster/join-tokens/{id}", delete(revoke_join_token))
 }
@@ -531,4 +533,62 @@ fn node_json(n: &spacedock_coordinator_core::state::Node) -> Value {
         "gpuNote": i.gpu_note,
         "allocations": [],
     })
+}
+
+/// Makes a node ineligible for new work; its workloads move off (once placement exists).
+async fn drain(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    set_node_state(
+        api,
+        headers,
+        name,
+        spacedock_coordinator_core::state::NodeState::Draining,
+    )
+    .await
+}
+
+/// Makes a drained node eligible again.
+async fn undrain(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    set_node_state(
+        api,
+        headers,
+        name,
+        spacedock_coordinator_core::state::NodeState::Ready,
+    )
+    .await
+}
+
+async fn set_node_state(
+    api: Api,
+    headers: HeaderMap,
+    name: String,
+    state: spacedock_coordinator_core::state::NodeState,
+) -> Result<JsonResponse<Value>, ApiError> {
+    api.write(
+        &headers,
+        Command::SetNodeState {
+            name: name.clone(),
+            state,
+        },
+    )
+    .await?;
+    let node = api
+        .read(&headers, |s, _| {
+            s.nodes.get(&name).map(node_json).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("node `{name}` not found"),
+                )
+            })
+        })
+        .await?;
+    Ok(JsonResponse(node))
 }
