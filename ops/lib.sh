@@ -51,3 +51,34 @@ ensure_test_venv() {
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "huggingface_hub==$HF_HUB_VERSION"
 }
+
+# Starts a containerd of the test suite's own under $1 (root, state, socket, config there) and exports
+# SPACEDOCK_TEST_CONTAINERD with its socket; it stops when the calling shell exits.
+start_test_containerd() {
+  local dir=$1
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat >"$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+TOML
+  step "containerd for the tests ($dir)"
+  containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  TEST_CONTAINERD_PID=$!
+  trap 'kill "$TEST_CONTAINERD_PID" 2>/dev/null; wait "$TEST_CONTAINERD_PID" 2>/dev/null' EXIT
+  for _ in $(seq 1 100); do
+    [ -S "$dir/containerd.sock" ] && break
+    sleep 0.1
+  done
+  if [ ! -S "$dir/containerd.sock" ]; then
+    echo "error: containerd did not start; its log:" >&2
+    cat "$dir/containerd.log" >&2
+    return 1
+  fi
+  export SPACEDOCK_TEST_CONTAINERD="$dir/containerd.sock"
+}

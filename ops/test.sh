@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=ops/lib.sh
 . ops/lib.sh
 
-ensure_debian_packages protobuf-compiler build-essential git ca-certificates python3 python3-venv iproute2
+ensure_debian_packages protobuf-compiler build-essential git ca-certificates python3 python3-venv iproute2 \
+  containerd runc
 ensure_rust
 ensure_test_venv
+start_test_containerd "$PWD/target/test-containerd"
 
 # cluster-tests run the official huggingface_hub client from this virtual environment.
 export SPACEDOCK_TEST_PYTHON="$PWD/target/test-venv/bin/python"

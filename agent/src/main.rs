@@ -2,6 +2,7 @@
 
 mod config;
 mod inventory;
+mod runtime;
 mod session;
 
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use spacedock_net::{FramedReader, dial_handshake, join, send};
 use spacedock_shared::wire::{self, Heartbeat, JoinRequest, RefuseCode, Role};
 
 use crate::config::AgentConfig;
-use crate::inventory;
+use crate::{inventory, runtime};
 
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const INVENTORY_REFRESH: Duration = Duration::from_secs(60);
@@ -121,6 +121,18 @@ pub async fn run(config: &AgentConfig, name: &str, identity: &Identity) -> anyho
     }
 }
 
+/// The inventory with containerd's version (empty, and a warning, when containerd cannot be reached).
+async fn current_inventory(config: &AgentConfig, name: &str) -> wire::Inventory {
+    let mut inventory = inventory::collect(name, &config.labels, &config.data_dir);
+    match runtime::containerd_version(&config.containerd_socket).await {
+        Ok(version) => inventory.containerd_version = version,
+        Err(e) => {
+            tracing::warn!(error = %e, "containerd is not reachable; this node cannot run Spaces")
+        }
+    }
+    inventory
+}
+
 enum Outcome {
     /// The coordinator is not the leader; the leader's address when known.
     Redirect(String),
@@ -146,11 +158,7 @@ async fn connected(
     let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
     let software = spacedock_cli_common::software("spacedock-agent");
     dial_handshake(&mut rx, &mut tx, Role::Agent, &software, name, TIMEOUT).await?;
-    send(
-        &mut tx,
-        &inventory::collect(name, &config.labels, &config.data_dir).into(),
-    )
-    .await?;
+    send(&mut tx, &current_inventory(config, name).await.into()).await?;
     match tokio::time::timeout(TIMEOUT, rx.recv())
         .await
         .map_err(|_| anyhow!("no answer to the inventory"))??
@@ -170,7 +178,7 @@ async fn connected(
         tokio::time::sleep(HEARTBEAT).await;
         seq += 1;
         if last_inventory.elapsed() >= INVENTORY_REFRESH {
-            let inventory = inventory::collect(name, &config.labels, &config.data_dir);
+            let inventory = current_inventory(config, name).await;
             if let Err(e) = send(&mut tx, &inventory.into()).await {
                 return Ok(Outcome::Lost(e.into()));
             }

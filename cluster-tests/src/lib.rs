@@ -58,6 +58,19 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The socket of the containerd that ops/test.sh starts for the suite (`SPACEDOCK_TEST_CONTAINERD`).
+pub fn test_containerd() -> PathBuf {
+    let socket = std::env::var_os("SPACEDOCK_TEST_CONTAINERD").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("SPACEDOCK_TEST_CONTAINERD is not set: run the suite through ops/test.sh, which starts a containerd for it")
+    });
+    assert!(
+        socket.exists(),
+        "{} does not exist: is the test containerd running?",
+        socket.display()
+    );
+    socket
+}
+
 /// Runs a binary with arguments and environment, with RUST_LOG cleared unless given.
 pub fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result {
     let mut cmd = Command::new(binary(name));

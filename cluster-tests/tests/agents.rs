@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spacedock_cluster_tests::{Coordinator, api, binary, run};
+use spacedock_cluster_tests::{Coordinator, api, binary, run, test_containerd};
 
 struct Agent {
     child: Child,
@@ -32,7 +32,9 @@ fn agent(dir: &std::path::Path, name: &str, join: &str, token: Option<&str>) -> 
     let mut cmd = Command::new(binary("spacedock-agent"));
     cmd.arg("--data-dir")
         .arg(dir.join(name))
-        .args(["--join", join, "--node-name", name]);
+        .args(["--join", join, "--node-name", name])
+        .arg("--containerd-socket")
+        .arg(test_containerd());
     if let Some(token) = token {
         cmd.args(["--token", token]);
     }
@@ -96,6 +98,10 @@ fn agents_join_report_inventory_and_go_down() {
     assert!(n["diskFreeBytes"].as_u64().unwrap() > 0, "{n}");
     assert!(!n["kernel"].as_str().unwrap().is_empty(), "{n}");
     assert_eq!(n["gpus"], json!([]), "no GPUs on this machine");
+    assert!(
+        n["containerdVersion"].as_str().unwrap().starts_with("1."),
+        "{n}"
+    );
     assert!(n["gpuNote"].as_str().unwrap().contains("NVML"), "{n}");
 
     let _a2 = agent(dir.path(), "a2", &c.quic_addr, Some(token));
