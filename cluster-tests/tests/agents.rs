@@ -192,6 +192,47 @@ fn agents_join_report_inventory_and_go_down() {
             .contains("revoked")
     );
     assert!(node(&c, &admin, "late").is_none());
+    let expiring = api(
+        &c.api_url,
+        &admin,
+        "POST",
+        "/api/cluster/join-tokens",
+        Some(json!({ "role": "agent", "ttlSeconds": 1 })),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut expired = agent(
+        dir.path(),
+        "expired",
+        &c.quic_addr,
+        expiring["token"].as_str(),
+    );
+    assert!(!expired.child.wait().unwrap().success());
+    assert!(
+        std::fs::read_to_string(&expired.log)
+            .unwrap()
+            .contains("expired")
+    );
+    let coordinator_token = api(
+        &c.api_url,
+        &admin,
+        "POST",
+        "/api/cluster/join-tokens",
+        Some(json!({ "role": "coordinator" })),
+    )
+    .unwrap();
+    let mut wrong_role = agent(
+        dir.path(),
+        "wrong-role",
+        &c.quic_addr,
+        coordinator_token["token"].as_str(),
+    );
+    assert!(!wrong_role.child.wait().unwrap().success());
+    assert!(
+        std::fs::read_to_string(&wrong_role.log)
+            .unwrap()
+            .contains("for coordinator nodes")
+    );
 
     // kill -9 and restart without a token: the identity in the data dir is enough.
     a1.child.kill().unwrap();
