@@ -189,6 +189,9 @@ async fn connected(
         }
         match tokio::time::timeout(TIMEOUT, rx.recv()).await {
             Ok(Ok(Some(wire::Message::HeartbeatAck(_)))) => {}
+            Ok(Ok(Some(wire::Message::Refused(r)))) if r.code == RefuseCode::NotLeader => {
+                return Ok(Outcome::Redirect(r.message));
+            }
             Ok(Ok(other)) => {
                 return Ok(Outcome::Lost(anyhow!(
                     "unexpected answer to a heartbeat: {other:?}"

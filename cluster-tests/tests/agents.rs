@@ -248,3 +248,28 @@ fn agents_join_report_inventory_and_go_down() {
     wait_state(&c, &admin, "a1", "ready", Duration::from_secs(20));
     assert_eq!(node(&c, &admin, "a2").unwrap()["state"], "ready");
 }
+
+#[test]
+fn agents_follow_the_leader_across_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Coordinator::bootstrap_with(dir.path(), &["--node-ttl-seconds", "4"]);
+    let admin = first.admin_token();
+    let second = Coordinator::join(dir.path(), 2, &first, &admin);
+    let third = Coordinator::join(dir.path(), 3, &first, &admin);
+    let token = join_token(&first, &admin);
+    let join = [&first, &second, &third]
+        .map(|c| c.quic_addr.clone())
+        .join(",");
+    let _agent = agent(dir.path(), "a1", &join, token["token"].as_str());
+    wait_state(&first, &admin, "a1", "ready", Duration::from_secs(20));
+
+    // Coordinator 1 bootstrapped the cluster and leads it; kill it.
+    let status = api(&second.api_url, &admin, "GET", "/api/cluster/node", None).unwrap();
+    assert_eq!(status["leader"], 1, "{status}");
+    first.kill();
+    // Past two TTLs the node is still ready: the agent found the new leader and heartbeats there.
+    std::thread::sleep(Duration::from_secs(9));
+    let n = node(&second, &admin, "a1").unwrap();
+    assert_eq!(n["state"], "ready", "{n}");
+    drop(third);
+}

@@ -55,6 +55,14 @@ async fn propose(node: &NodeHandle, command: Command) -> Result<(), crate::node:
     node.propose(&envelope, WRITE_TIMEOUT).await
 }
 
+/// The leader's QUIC address as this coordinator knows it (empty when no leader is known).
+fn leader_addr(node: &NodeHandle) -> String {
+    let leader = node.status().leader;
+    leader
+        .and_then(|l| node.read_local(|s| s.members.get(&l).map(|m| m.quic_addr.clone())))
+        .unwrap_or_default()
+}
+
 /// Serves one agent stream; `name` is the node name from its certificate.
 pub async fn session<R, W>(
     node: &NodeHandle,
@@ -68,11 +76,11 @@ pub async fn session<R, W>(
 {
     let refuse = |code, message: String| Refused { code, message };
     if node.status().role != "leader" {
-        let leader = node.status().leader;
-        let addr = leader
-            .and_then(|l| node.read_local(|s| s.members.get(&l).map(|m| m.quic_addr.clone())));
-        let message = addr.unwrap_or_default();
-        let _ = send(&mut tx, &refuse(RefuseCode::NotLeader, message).into()).await;
+        let _ = send(
+            &mut tx,
+            &refuse(RefuseCode::NotLeader, leader_addr(node)).into(),
+        )
+        .await;
         return;
     }
     let inventory = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, rx.recv()).await {
@@ -126,6 +134,16 @@ pub async fn session<R, W>(
     }
     loop {
         match rx.recv().await {
+            Ok(Some(wire::Message::Heartbeat(_))) if node.status().role != "leader" => {
+                // Leadership moved (a healed partition, a transfer): send the agent to the new leader, where the
+                // liveness check runs.
+                let _ = send(
+                    &mut tx,
+                    &refuse(RefuseCode::NotLeader, leader_addr(node)).into(),
+                )
+                .await;
+                return;
+            }
             Ok(Some(wire::Message::Heartbeat(hb))) => {
                 liveness.touch(name);
                 if send(&mut tx, &HeartbeatAck { seq: hb.seq }.into())
