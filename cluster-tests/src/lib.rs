@@ -242,6 +242,11 @@ impl Coordinator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
