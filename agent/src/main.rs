@@ -4,6 +4,8 @@ mod config;
 mod inventory;
 mod runtime;
 mod session;
+#[allow(dead_code)] // used by the allocation runner, next; tested now
+mod spec;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
