@@ -173,7 +173,7 @@ pub fn build(a: &Allocation) -> Result<Spec, SpecError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use spacedock_shared::flavor::Catalog;
 
