@@ -104,6 +104,16 @@ impl From<Output> for Result {
     }
 }
 
+/// The number after `flag` on this process's command line, or `default` (for the bench binaries).
+pub fn flag_u64(flag: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A free TCP (and, in practice, UDP) port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

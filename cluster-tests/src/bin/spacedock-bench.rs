@@ -25,14 +25,7 @@ const SPACE: &str = "admin/bench";
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str, default: u64| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let value = spacedock_cluster_tests::flag_u64;
     let seconds = value("--seconds", 5);
     let kills = value("--kills", 20);
     let dir = tempfile::tempdir().unwrap();

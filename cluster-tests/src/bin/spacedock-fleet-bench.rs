@@ -22,14 +22,7 @@ use spacedock_shared::wire::{self, Heartbeat, Inventory, Role};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str, default: u64| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let value = spacedock_cluster_tests::flag_u64;
     let n_agents = value("--agents", 6100);
     let interval = Duration::from_secs(value("--interval", 10));
     let window = Duration::from_secs(value("--seconds", 30));
