@@ -114,7 +114,16 @@ pub fn flag_u64(flag: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A free TCP (and, in practice, UDP) port on loopback.
+/// A free UDP port on loopback (for QUIC).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -140,7 +149,7 @@ impl Coordinator {
             id,
             data_dir: dir.join(format!("coordinator-{id}")),
             api_url: format!("http://127.0.0.1:{}", free_port()),
-            quic_addr: format!("127.0.0.1:{}", free_port()),
+            quic_addr: format!("127.0.0.1:{}", free_udp_port()),
             log: dir.join(format!("coordinator-{id}.log")),
             child: None,
         }
@@ -153,8 +162,7 @@ impl Coordinator {
 
     /// `bootstrap` with extra flags (e.g. `--node-ttl-seconds 3`).
     pub fn bootstrap_with(dir: &Path, extra: &[&str]) -> Coordinator {
-        let mut c = Coordinator::new(dir, 1);
-        c.start_with(extra);
+        let c = Coordinator::first_start(dir, 1, extra);
         c.wait_ready();
         c
     }
@@ -172,9 +180,8 @@ impl Coordinator {
             .as_str()
             .unwrap()
             .to_owned();
-        let mut c = Coordinator::new(dir, id);
         let join = via.quic_addr.clone();
-        c.start_with(&["--join", &join, "--token", &token]);
+        let c = Coordinator::first_start(dir, id, &["--join", &join, "--token", &token]);
         let started = Instant::now();
         while !c.log_text().contains("joined cluster") {
             assert!(
@@ -185,6 +192,41 @@ impl Coordinator {
             std::thread::sleep(Duration::from_millis(50));
         }
         c
+    }
+
+    /// The first start of a coordinator on free ports. A port that was free when chosen can be taken before the
+    /// process binds it (other tests run in parallel): then the data dir is wiped and new ports are tried.
+    fn first_start(dir: &Path, id: u64, extra: &[&str]) -> Coordinator {
+        for _ in 0..5 {
+            let mut c = Coordinator::new(dir, id);
+            let _ = std::fs::remove_dir_all(&c.data_dir);
+            let _ = std::fs::remove_file(&c.log);
+            c.start_with(extra);
+            let started = Instant::now();
+            loop {
+                let log = c.log_text();
+                if log.contains("coordinator serving") {
+                    return c;
+                }
+                let exited = c
+                    .child
+                    .as_mut()
+                    .is_some_and(|child| child.try_wait().ok().flatten().is_some());
+                if exited && log.contains("Address already in use") {
+                    break;
+                }
+                assert!(
+                    !exited,
+                    "coordinator {id} exited while starting; log:\n{log}"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "coordinator {id} did not start; log:\n{log}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("coordinator {id} found no free ports in 5 tries");
     }
 
     /// (Re)starts the process with the same data dir and ports.

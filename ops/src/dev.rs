@@ -333,7 +333,9 @@ fn start_agents(
 
 fn fresh_entry(id: u64) -> anyhow::Result<ProcessEntry> {
     let api_port = free_port()?;
-    let quic_port = free_port()?;
+    let quic_port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     Ok(ProcessEntry {
         id,
         api_url: format!("http://127.0.0.1:{api_port}"),
