@@ -11,9 +11,9 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, InfoRequest, KillRequest, StartRequest, WaitRequest, WriteAction,
-    WriteContentRequest,
+    ApplyRequest, Container, CreateContainerRequest, CreateRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteTaskRequest, InfoRequest, KillRequest, StartRequest, WaitRequest,
+    WriteAction, WriteContentRequest,
 };
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::{Descriptor, Mount};
@@ -22,6 +22,8 @@ use sha2::Digest as _;
 /// Media type of an uncompressed OCI layer.
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const SNAPSHOTTER: &str = "overlayfs";
+/// The lease that holds the agent's content and snapshots.
+const LEASE: &str = "spacedock-agent";
 const CHUNK: usize = 1 << 20;
 
 /// Why a containerd call failed.
@@ -81,16 +83,31 @@ impl Containerd {
                 socket: socket.display().to_string(),
                 message: e.to_string(),
             })?;
-        Ok(Containerd {
+        let c = Containerd {
             client: std::sync::Arc::new(client),
             namespace: namespace.to_owned(),
-        })
+        };
+        // Everything the agent writes or unpacks is held by this lease, so containerd's garbage collector keeps
+        // layers that no running container uses yet (the agent removes what it no longer needs itself).
+        let lease = CreateRequest {
+            id: LEASE.to_owned(),
+            labels: HashMap::new(),
+        };
+        match c.client.leases().create(c.request(lease)).await {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::AlreadyExists => {}
+            Err(s) => return Err(call("Leases/Create")(s)),
+        }
+        Ok(c)
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Ok(value) = self.namespace.parse() {
             request.metadata_mut().insert("containerd-namespace", value);
+        }
+        if let Ok(value) = LEASE.parse() {
+            request.metadata_mut().insert("containerd-lease", value);
         }
         request
     }
@@ -443,7 +460,9 @@ mod tests {
             output.contains("1000") && output.contains("SPACE_ID=alice/demo"),
             "{output}"
         );
-        // Removed: the same id can be used again.
+        // Give containerd's garbage collector time to run after the removal: the lease must keep the layer.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // Removed: the same id can be used again, on the same unpacked layer.
         c.start(&id, &chain, serde_json::to_vec(&spec).unwrap(), &log)
             .await
             .unwrap();
