@@ -271,15 +271,17 @@ impl Coordinator {
     pub fn wait_ready(&self) {
         let started = Instant::now();
         loop {
-            if self.data_dir.join("admin-token").exists() {
-                let code = http_status(
+            if self.data_dir.join("admin-token").exists()
+                && api(
+                    &self.api_url,
+                    &self.admin_token(),
                     "GET",
-                    &format!("{}/api/whoami-v2", self.api_url),
-                    Some(&self.admin_token()),
-                );
-                if code == Some(200) {
-                    return;
-                }
+                    "/api/whoami-v2",
+                    None,
+                )
+                .is_ok()
+            {
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
@@ -316,27 +318,6 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// The status code of a bodiless HTTP/1.1 request, or `None` when nothing answered.
-pub fn http_status(method: &str, url: &str, token: Option<&str>) -> Option<u16> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(authority).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Runs a Python script from `cluster-tests/python` with the client environment.

@@ -73,8 +73,7 @@ async fn handle_stream(
         }
     };
     match (hello.role, peer.as_deref()) {
-        (Role::Coordinator, Some(name)) if coordinator_id(name).is_some() => {
-            let peer_id = coordinator_id(name).unwrap_or_default();
+        (Role::Coordinator, Some(name)) if let Some(peer_id) = coordinator_id(name) => {
             peer::receive(reader, tx, peer_id, authority.node.clone()).await
         }
         (Role::Agent, Some(name)) if name.starts_with("agent-") => {
