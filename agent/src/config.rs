@@ -23,6 +23,9 @@ pub struct AgentConfig {
     pub containerd_socket: PathBuf,
     /// containerd namespace that holds everything the agent creates.
     pub containerd_namespace: String,
+    /// IPv4 network (a /16 to /24) the agent cuts into one /30 per container: the host end of each
+    /// container's veth gets the first address, the container the second.
+    pub container_subnet: String,
     /// Log filter in RUST_LOG syntax, used when RUST_LOG is not set.
     pub log: String,
 }
@@ -37,6 +40,7 @@ impl Default for AgentConfig {
             labels: BTreeMap::new(),
             containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
             containerd_namespace: "spacedock".into(),
+            container_subnet: "10.89.0.0/16".into(),
             log: "info".into(),
         }
     }
@@ -69,6 +73,9 @@ impl AgentConfig {
                 "containerd_namespace: `{}` must be letters, digits, `-`, `_` or `.`",
                 self.containerd_namespace
             ));
+        }
+        if let Err(e) = crate::network::Subnet::parse(&self.container_subnet) {
+            problems.push(format!("container_subnet: {e}"));
         }
         if problems.is_empty() {
             Ok(())

@@ -12,10 +12,11 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteTaskRequest, InfoRequest, KillRequest, StartRequest, WaitRequest,
-    WriteAction, WriteContentRequest,
+    DeleteContainerRequest, DeleteTaskRequest, GetRequest, InfoRequest, KillRequest,
+    ListContainersRequest, StartRequest, WaitRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::tonic::{Code, Request};
+use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::{Descriptor, Mount};
 use sha2::Digest as _;
 
@@ -311,6 +312,52 @@ impl Containerd {
                 Err(call("Tasks/Start")(s))
             }
         }
+    }
+
+    /// Whether the content store holds the blob.
+    pub async fn has_blob(&self, digest: &str) -> Result<bool, ContainerdError> {
+        let info = InfoRequest {
+            digest: digest.to_owned(),
+        };
+        match self.client.content().info(self.request(info)).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(call("Content/Info")(s)),
+        }
+    }
+
+    /// Whether container `id` has a running task.
+    pub async fn running(&self, id: &str) -> Result<bool, ContainerdError> {
+        let get = GetRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        };
+        match self.client.tasks().get(self.request(get)).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .process
+                .is_some_and(|p| p.status == TaskStatus::Running as i32)),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
+            Err(s) => Err(call("Tasks/Get")(s)),
+        }
+    }
+
+    /// The ids of the containers in the agent's namespace.
+    pub async fn containers(&self) -> Result<Vec<String>, ContainerdError> {
+        let list = ListContainersRequest {
+            filters: Vec::new(),
+        };
+        Ok(self
+            .client
+            .containers()
+            .list(self.request(list))
+            .await
+            .map_err(call("Containers/List"))?
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
     }
 
     /// Waits for the task to exit; returns its exit status.

@@ -1,12 +1,13 @@
 //! `spacedock-agent`: the node daemon's entry point: flags over the config file, then the service.
 
+mod allocs;
 mod config;
-#[allow(dead_code)] // used by the allocation runner, next; tested now
 mod containerd;
+mod fetch;
 mod inventory;
+mod network;
 mod runtime;
 mod session;
-#[allow(dead_code)] // used by the allocation runner, next; tested now
 mod spec;
 
 use std::path::PathBuf;
@@ -30,6 +31,12 @@ struct Cli {
     /// containerd socket.
     #[arg(long)]
     containerd_socket: Option<PathBuf>,
+    /// containerd namespace for everything the agent creates.
+    #[arg(long)]
+    containerd_namespace: Option<String>,
+    /// Network cut into one /30 per container (e.g. 10.89.0.0/16).
+    #[arg(long)]
+    container_subnet: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +53,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = cli.containerd_socket {
         config.containerd_socket = v;
+    }
+    if let Some(v) = cli.containerd_namespace {
+        config.containerd_namespace = v;
+    }
+    if let Some(v) = cli.container_subnet {
+        config.container_subnet = v;
     }
     let check = config.validate();
     if !spacedock_cli_common::start_daemon(
@@ -89,8 +102,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session::join(&config, &name, &token).await?
             }
         };
+        let fetcher = fetch::Fetcher::new(&identity, config.join.clone(), &name, &config.data_dir)?;
+        let subnet = network::Subnet::parse(&config.container_subnet)
+            .map_err(|e| anyhow::anyhow!("container_subnet: {e}"))?;
+        let (runner, reports) = allocs::Runner::new(
+            allocs::RunnerConfig {
+                data_dir: config.data_dir.clone(),
+                containerd_socket: config.containerd_socket.clone(),
+                containerd_namespace: config.containerd_namespace.clone(),
+                subnet,
+            },
+            fetcher,
+        );
         tokio::select! {
-            result = session::run(&config, &name, &identity) => result,
+            result = session::run(&config, &name, &identity, runner, reports) => result,
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })?;

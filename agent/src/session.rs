@@ -1,16 +1,21 @@
 //! The agent's link to the cluster: join once with a token (the identity is kept in the data dir), then stay
-//! connected to the leader over mutual-TLS QUIC, sending the inventory and a heartbeat every two seconds, and
-//! reconnecting (following `NotLeader` redirects) whenever the link breaks.
+//! connected to the leader over mutual-TLS QUIC, sending the inventory, a heartbeat every two seconds and the
+//! runner's reports, receiving the allocations to run, and reconnecting (following `NotLeader` redirects)
+//! whenever the link breaks.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use spacedock_net::tls::{self, Identity};
-use spacedock_net::{FramedReader, dial_handshake, join, send};
-use spacedock_shared::wire::{self, Heartbeat, JoinRequest, RefuseCode, Role};
+use spacedock_net::{join, send};
+use spacedock_shared::wire::{self, AllocationStatus, Heartbeat, JoinRequest, RefuseCode, Role};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use crate::allocs::Runner;
 use crate::config::AgentConfig;
 use crate::{inventory, runtime};
 
@@ -91,16 +96,30 @@ pub async fn join(config: &AgentConfig, name: &str, token: &str) -> anyhow::Resu
     Ok(identity)
 }
 
-/// Stays connected until the process stops: returns only on a refusal that retrying cannot fix.
-pub async fn run(config: &AgentConfig, name: &str, identity: &Identity) -> anyhow::Result<()> {
+/// Stays connected until the process stops: returns only on a refusal that retrying cannot fix. Assignments
+/// from the leader go to the runner; its reports go to the leader.
+pub async fn run(
+    config: &AgentConfig,
+    name: &str,
+    identity: &Identity,
+    runner: Arc<Runner>,
+    mut reports: mpsc::UnboundedReceiver<AllocationStatus>,
+) -> anyhow::Result<()> {
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
         .context("QUIC client endpoint")?;
     let client_config = tls::client_config(identity)?;
     let mut targets: Vec<String> = config.join.clone();
     let mut attempt = 0u32;
+    let link = Link {
+        endpoint: &endpoint,
+        client_config: &client_config,
+        config,
+        name,
+        runner: &runner,
+    };
     loop {
         let target = targets[attempt as usize % targets.len()].clone();
-        match connected(&endpoint, &client_config, &target, config, name).await {
+        match link.connected(&target, &mut reports).await {
             Ok(Outcome::Redirect(leader)) if !leader.is_empty() => {
                 tracing::info!(from = target, to = leader, "following the leader");
                 if !targets.contains(&leader) {
@@ -140,68 +159,101 @@ enum Outcome {
     Lost(anyhow::Error),
 }
 
-async fn connected(
-    endpoint: &quinn::Endpoint,
-    client_config: &quinn::ClientConfig,
-    target: &str,
-    config: &AgentConfig,
-    name: &str,
-) -> anyhow::Result<Outcome> {
-    let addr = tokio::net::lookup_host(target)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow!("{target} resolves to nothing"))?;
-    let connection = endpoint
-        .connect_with(client_config.clone(), addr, tls::SERVER_NAME)?
+struct Link<'a> {
+    endpoint: &'a quinn::Endpoint,
+    client_config: &'a quinn::ClientConfig,
+    config: &'a AgentConfig,
+    name: &'a str,
+    runner: &'a Arc<Runner>,
+}
+
+impl Link<'_> {
+    async fn connected(
+        &self,
+        target: &str,
+        reports: &mut mpsc::UnboundedReceiver<AllocationStatus>,
+    ) -> anyhow::Result<Outcome> {
+        let (config, name) = (self.config, self.name);
+        let spacedock_net::Dialed { mut tx, mut rx, .. } = spacedock_net::dial(
+            self.endpoint,
+            self.client_config,
+            target,
+            Role::Agent,
+            name,
+            TIMEOUT,
+        )
         .await?;
-    let (mut tx, rx) = connection.open_bi().await?;
-    let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
-    let software = spacedock_cli_common::software("spacedock-agent");
-    dial_handshake(&mut rx, &mut tx, Role::Agent, &software, name, TIMEOUT).await?;
-    send(&mut tx, &current_inventory(config, name).await.into()).await?;
-    match tokio::time::timeout(TIMEOUT, rx.recv())
-        .await
-        .map_err(|_| anyhow!("no answer to the inventory"))??
-    {
-        Some(wire::Message::Registered(r)) => {
-            tracing::info!(node = r.node, coordinator = target, "registered")
-        }
-        Some(wire::Message::Refused(r)) if r.code == RefuseCode::NotLeader => {
-            return Ok(Outcome::Redirect(r.message));
-        }
-        Some(wire::Message::Refused(r)) => bail!("{:?}: {}", r.code, r.message),
-        other => bail!("unexpected answer to the inventory: {other:?}"),
-    }
-    let mut seq = 0u64;
-    let mut last_inventory = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        seq += 1;
-        if last_inventory.elapsed() >= INVENTORY_REFRESH {
-            let inventory = current_inventory(config, name).await;
-            if let Err(e) = send(&mut tx, &inventory.into()).await {
-                return Ok(Outcome::Lost(e.into()));
+        send(&mut tx, &current_inventory(config, name).await.into()).await?;
+        match tokio::time::timeout(TIMEOUT, rx.recv())
+            .await
+            .map_err(|_| anyhow!("no answer to the inventory"))??
+        {
+            Some(wire::Message::Registered(r)) => {
+                tracing::info!(node = r.node, coordinator = target, "registered")
             }
-            last_inventory = tokio::time::Instant::now();
-        }
-        if let Err(e) = send(&mut tx, &Heartbeat { seq }.into()).await {
-            return Ok(Outcome::Lost(e.into()));
-        }
-        match tokio::time::timeout(TIMEOUT, rx.recv()).await {
-            Ok(Ok(Some(wire::Message::HeartbeatAck(_)))) => {}
-            Ok(Ok(Some(wire::Message::Refused(r)))) if r.code == RefuseCode::NotLeader => {
+            Some(wire::Message::Refused(r)) if r.code == RefuseCode::NotLeader => {
                 return Ok(Outcome::Redirect(r.message));
             }
-            Ok(Ok(other)) => {
-                return Ok(Outcome::Lost(anyhow!(
-                    "unexpected answer to a heartbeat: {other:?}"
-                )));
-            }
-            Ok(Err(e)) => return Ok(Outcome::Lost(e.into())),
-            Err(_) => {
-                return Ok(Outcome::Lost(anyhow!(
-                    "no heartbeat answer within {TIMEOUT:?}"
-                )));
+            Some(wire::Message::Refused(r)) => bail!("{:?}: {}", r.code, r.message),
+            other => bail!("unexpected answer to the inventory: {other:?}"),
+        }
+        // A new leader may have missed reports: send where every allocation is.
+        for status in self.runner.statuses() {
+            send(&mut tx, &status.into()).await?;
+        }
+        let (mut incoming, reader) = spacedock_net::forward(rx);
+        let outcome = self.serve(&mut tx, &mut incoming, reports).await;
+        reader.abort();
+        Ok(outcome)
+    }
+
+    async fn serve(
+        &self,
+        tx: &mut quinn::SendStream,
+        incoming: &mut spacedock_net::Incoming,
+        reports: &mut mpsc::UnboundedReceiver<AllocationStatus>,
+    ) -> Outcome {
+        let mut seq = 0u64;
+        let mut last_inventory = Instant::now();
+        let mut last_ack = Instant::now();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    if last_ack.elapsed() > TIMEOUT {
+                        return Outcome::Lost(anyhow!("no heartbeat answer within {TIMEOUT:?}"));
+                    }
+                    if last_inventory.elapsed() >= INVENTORY_REFRESH {
+                        let inventory = current_inventory(self.config, self.name).await;
+                        if let Err(e) = send(tx, &inventory.into()).await {
+                            return Outcome::Lost(e.into());
+                        }
+                        last_inventory = Instant::now();
+                    }
+                    seq += 1;
+                    if let Err(e) = send(tx, &Heartbeat { seq }.into()).await {
+                        return Outcome::Lost(e.into());
+                    }
+                }
+                Some(status) = reports.recv() => {
+                    if let Err(e) = send(tx, &status.into()).await {
+                        return Outcome::Lost(e.into());
+                    }
+                }
+                message = incoming.recv() => match message {
+                    Some(Ok(Some(wire::Message::HeartbeatAck(_)))) => last_ack = Instant::now(),
+                    Some(Ok(Some(wire::Message::Assignments(a)))) => {
+                        self.runner.apply(a.allocations).await;
+                    }
+                    Some(Ok(Some(wire::Message::Refused(r)))) if r.code == RefuseCode::NotLeader => {
+                        return Outcome::Redirect(r.message);
+                    }
+                    Some(Ok(Some(other))) => {
+                        return Outcome::Lost(anyhow!("unexpected message from the coordinator: {}", other.name()));
+                    }
+                    Some(Err(e)) => return Outcome::Lost(e.into()),
+                    Some(Ok(None)) | None => return Outcome::Lost(anyhow!("the coordinator closed the link")),
+                }
             }
         }
     }

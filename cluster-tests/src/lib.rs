@@ -320,6 +320,105 @@ impl Drop for Coordinator {
     }
 }
 
+/// A `spacedock-agent` process; killed when dropped.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts agent `name` in `dir/name`, dialing `join`, with a join token on its first start and extra
+    /// flags (`--container-subnet`, `--containerd-namespace`).
+    pub fn start(dir: &Path, name: &str, join: &str, token: Option<&str>, extra: &[&str]) -> Agent {
+        let data_dir = dir.join(name);
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            data_dir.to_string_lossy().into_owned(),
+            "--join".into(),
+            join.into(),
+            "--node-name".into(),
+            name.into(),
+            "--containerd-socket".into(),
+            test_containerd().to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut agent = Agent {
+            name: name.to_owned(),
+            log: dir.join(format!("{name}.log")),
+            data_dir,
+            args,
+            child: None,
+        };
+        agent.spawn(token);
+        agent
+    }
+
+    fn spawn(&mut self, token: Option<&str>) {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(binary("spacedock-agent"));
+        cmd.args(&self.args);
+        if let Some(token) = token {
+            cmd.args(["--token", token]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning spacedock-agent");
+        self.child = Some(child);
+    }
+
+    /// Starts it again after `kill` (it has its identity now).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(None);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child
+            .as_mut()
+            .expect("the agent was started")
+            .wait()
+            .expect("waiting for the agent")
+    }
+
+    /// Whether the process has exited (reaping it).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Runs a Python script from `cluster-tests/python` with the client environment.
 pub fn run_python(script: &str, env: &[(&str, &str)]) -> Result {
     let mut cmd = Command::new(python());
@@ -371,4 +470,72 @@ pub fn api(
         return Err(format!("HTTP {status}: {text}"));
     }
     Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// Writes a docker-archive (`docker save` layout) of a one-layer image: busybox-static as `/bin/busybox` with
+/// `/bin/sh`, `/www/index.html` holding `marker` (which also makes the layer unique), an empty `/home/user`,
+/// `PATH=/bin` and `cmd` as its command, tagged `name`. Returns the archive's path.
+pub fn busybox_image(dir: &Path, name: &str, cmd: &[&str], marker: &str) -> PathBuf {
+    use sha2::Digest as _;
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox: install busybox-static (ops/test.sh does)");
+    let mut layer = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32, size: u64, uid: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_mtime(0);
+        h
+    };
+    for (dir, uid) in [
+        ("bin/", 0),
+        ("www/", 0),
+        ("home/", 0),
+        ("home/user/", 1000),
+        ("tmp/", 0),
+    ] {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0, uid);
+        layer.append_data(&mut h, dir, std::io::empty()).unwrap();
+    }
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64, 0);
+    layer
+        .append_data(&mut h, "bin/busybox", busybox.as_slice())
+        .unwrap();
+    let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+    layer.append_link(&mut h, "bin/sh", "busybox").unwrap();
+    let index = format!("<h1>{marker}</h1>\n");
+    let mut h = header(tar::EntryType::Regular, 0o644, index.len() as u64, 0);
+    layer
+        .append_data(&mut h, "www/index.html", index.as_bytes())
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/home/user" },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [name],
+        "Layers": ["layer/layer.tar"],
+    }])
+    .to_string();
+    let path = dir.join(format!("{}.tar", name.replace([':', '/'], "_")));
+    let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for (entry, bytes) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("layer/layer.tar", layer.as_slice()),
+    ] {
+        let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64, 0);
+        archive.append_data(&mut h, entry, bytes).unwrap();
+    }
+    archive.finish().unwrap();
+    path
 }

@@ -4,48 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // test harness: panics are how tests fail
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spacedock_cluster_tests::{Coordinator, api, binary, run, test_containerd};
-
-struct Agent {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use spacedock_cluster_tests::{Agent, Coordinator, api, run};
 
 fn agent(dir: &std::path::Path, name: &str, join: &str, token: Option<&str>) -> Agent {
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let mut cmd = Command::new(binary("spacedock-agent"));
-    cmd.arg("--data-dir")
-        .arg(dir.join(name))
-        .args(["--join", join, "--node-name", name])
-        .arg("--containerd-socket")
-        .arg(test_containerd());
-    if let Some(token) = token {
-        cmd.args(["--token", token]);
-    }
-    let child = cmd
-        .env("RUST_LOG", "info")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    Agent { child, log }
+    Agent::start(dir, name, join, token, &[])
 }
 
 fn node(c: &Coordinator, token: &str, name: &str) -> Option<Value> {
@@ -151,7 +116,7 @@ fn agents_join_report_inventory_and_go_down() {
         &c.quic_addr,
         Some(&format!("sdj1-{}-nope", "0".repeat(64))),
     );
-    assert!(!bad.child.wait().unwrap().success());
+    assert!(!bad.wait().success());
     assert!(
         std::fs::read_to_string(&bad.log)
             .unwrap()
@@ -166,7 +131,7 @@ fn agents_join_report_inventory_and_go_down() {
         &c.quic_addr,
         Some(&format!("sdj1-{fp}-notthesecret")),
     );
-    assert!(!forged.child.wait().unwrap().success());
+    assert!(!forged.wait().success());
     assert!(
         std::fs::read_to_string(&forged.log)
             .unwrap()
@@ -185,7 +150,7 @@ fn agents_join_report_inventory_and_go_down() {
     )
     .unwrap();
     let mut late = agent(dir.path(), "late", &c.quic_addr, revoked["token"].as_str());
-    assert!(!late.child.wait().unwrap().success());
+    assert!(!late.wait().success());
     assert!(
         std::fs::read_to_string(&late.log)
             .unwrap()
@@ -207,7 +172,7 @@ fn agents_join_report_inventory_and_go_down() {
         &c.quic_addr,
         expiring["token"].as_str(),
     );
-    assert!(!expired.child.wait().unwrap().success());
+    assert!(!expired.wait().success());
     assert!(
         std::fs::read_to_string(&expired.log)
             .unwrap()
@@ -227,7 +192,7 @@ fn agents_join_report_inventory_and_go_down() {
         &c.quic_addr,
         coordinator_token["token"].as_str(),
     );
-    assert!(!wrong_role.child.wait().unwrap().success());
+    assert!(!wrong_role.wait().success());
     assert!(
         std::fs::read_to_string(&wrong_role.log)
             .unwrap()
@@ -235,8 +200,7 @@ fn agents_join_report_inventory_and_go_down() {
     );
 
     // kill -9 and restart without a token: the identity in the data dir is enough.
-    a1.child.kill().unwrap();
-    a1.child.wait().unwrap();
+    a1.kill();
     let stopped = Instant::now();
     wait_state(&c, &admin, "a1", "down", Duration::from_secs(10));
     assert!(

@@ -1,5 +1,6 @@
-//! Agents on the coordinator's side: the session of a connected agent (inventory, heartbeats) and the leader's
-//! liveness check that marks a node down once its heartbeats stop for longer than the TTL.
+//! Agents on the coordinator's side: the session of a connected agent (inventory, heartbeats, the allocations
+//! it should run and its reports on them) and the leader's liveness check that marks a node down once its
+//! heartbeats stop for longer than the TTL.
 //!
 //! Agents follow the leader: a follower answers an agent with `Refused { NotLeader }` naming the leader's QUIC
 //! address, so heartbeats land where the liveness check runs. Last-seen times live in the leader's memory (a
@@ -9,17 +10,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use spacedock_coordinator_core::command::ENVELOPE_VERSION;
+use spacedock_coordinator_core::Command;
+use spacedock_coordinator_core::schedule;
 use spacedock_coordinator_core::state::NodeState;
-use spacedock_coordinator_core::{Command, Envelope};
 use spacedock_net::{FramedReader, send};
-use spacedock_shared::wire::{self, HeartbeatAck, RefuseCode, Refused, Registered};
+use spacedock_shared::wire::{
+    self, Assignment, Assignments, HeartbeatAck, RefuseCode, Refused, Registered,
+};
 
 use crate::api;
+use crate::join::Authority;
 use crate::node::NodeHandle;
 
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a session compares what its agent should run with what it last sent.
+const ASSIGNMENT_CHECK: Duration = Duration::from_millis(250);
 
 /// When each agent was last heard from, on this coordinator.
 #[derive(Debug, Default)]
@@ -45,14 +51,7 @@ impl Liveness {
 }
 
 async fn propose(node: &NodeHandle, command: Command) -> Result<(), crate::node::WriteError> {
-    let envelope = Envelope {
-        version: ENVELOPE_VERSION,
-        at: api::system_clock(),
-        request_id: rand::random(),
-        actor: None,
-        command,
-    };
-    node.propose(&envelope, WRITE_TIMEOUT).await
+    api::propose_as_cluster(node, command, WRITE_TIMEOUT).await
 }
 
 /// The leader's QUIC address as this coordinator knows it (empty when no leader is known).
@@ -63,18 +62,28 @@ fn leader_addr(node: &NodeHandle) -> String {
         .unwrap_or_default()
 }
 
-/// Serves one agent stream; `name` is the node name from its certificate.
-pub async fn session<R, W>(
-    node: &NodeHandle,
-    liveness: &Liveness,
-    name: &str,
-    mut rx: FramedReader<R>,
-    mut tx: W,
-) where
-    R: tokio::io::AsyncRead + Unpin,
+/// Serves one agent stream; `name` is the node name from its certificate. A stream that opens with a
+/// `BlobRequest` fetches a blob (from any coordinator); one that opens with the inventory is the agent's session
+/// with the leader.
+pub async fn session<R, W>(authority: &Authority, name: &str, mut rx: FramedReader<R>, mut tx: W)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin,
 {
+    let node = &authority.node;
     let refuse = |code, message: String| Refused { code, message };
+    let inventory = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, rx.recv()).await {
+        Ok(Ok(Some(wire::Message::BlobRequest(request)))) => {
+            authority.blobs.serve(request, &mut tx, false).await;
+            return;
+        }
+        Ok(Ok(Some(wire::Message::Inventory(inventory)))) => inventory,
+        _ => {
+            let message = "an agent starts with its inventory or a blob request".into();
+            let _ = send(&mut tx, &refuse(RefuseCode::BadRequest, message).into()).await;
+            return;
+        }
+    };
     if node.status().role != "leader" {
         let _ = send(
             &mut tx,
@@ -83,21 +92,6 @@ pub async fn session<R, W>(
         .await;
         return;
     }
-    let inventory = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, rx.recv()).await {
-        Ok(Ok(Some(wire::Message::Inventory(inventory)))) => inventory,
-        _ => {
-            let _ = send(
-                &mut tx,
-                &refuse(
-                    RefuseCode::BadRequest,
-                    "an agent starts with its inventory".into(),
-                )
-                .into(),
-            )
-            .await;
-            return;
-        }
-    };
     if inventory.name != name {
         let message = format!(
             "the inventory names `{}`, the certificate `{name}`",
@@ -107,67 +101,96 @@ pub async fn session<R, W>(
         return;
     }
     if let Err(e) = propose(node, Command::RegisterNode { inventory }).await {
-        let _ = send(
-            &mut tx,
-            &refuse(
-                RefuseCode::BadRequest,
-                format!("cannot register the node: {e}"),
-            )
-            .into(),
-        )
-        .await;
+        let message = format!("cannot register the node: {e}");
+        let _ = send(&mut tx, &refuse(RefuseCode::BadRequest, message).into()).await;
         return;
     }
+    let liveness = &authority.liveness;
     liveness.touch(name);
     tracing::info!(node = name, "agent registered");
-    if send(
-        &mut tx,
-        &Registered {
-            node: name.to_owned(),
-        }
-        .into(),
-    )
-    .await
-    .is_err()
-    {
+    let registered = Registered {
+        node: name.to_owned(),
+    };
+    if send(&mut tx, &registered.into()).await.is_err() {
         return;
     }
+    let (mut incoming, reader) = spacedock_net::forward(rx);
+    let mut sent: Option<Vec<Assignment>> = None;
+    let mut tick = tokio::time::interval(ASSIGNMENT_CHECK);
     loop {
-        match rx.recv().await {
-            Ok(Some(wire::Message::Heartbeat(_))) if node.status().role != "leader" => {
-                // Leadership moved (a healed partition, a transfer): send the agent to the new leader, where the
-                // liveness check runs.
-                let _ = send(
-                    &mut tx,
-                    &refuse(RefuseCode::NotLeader, leader_addr(node)).into(),
-                )
-                .await;
-                return;
-            }
-            Ok(Some(wire::Message::Heartbeat(hb))) => {
-                liveness.touch(name);
-                if send(&mut tx, &HeartbeatAck { seq: hb.seq }.into())
-                    .await
-                    .is_err()
-                {
-                    return;
+        tokio::select! {
+            message = incoming.recv() => match message {
+                Some(Ok(Some(message))) => {
+                    if !handle(authority, name, message, &mut tx).await {
+                        break;
+                    }
+                }
+                _ => break,
+            },
+            _ = tick.tick() => {
+                if node.status().role != "leader" {
+                    let _ = send(&mut tx, &refuse(RefuseCode::NotLeader, leader_addr(node)).into()).await;
+                    break;
+                }
+                let wanted = node.read_local(|s| schedule::assignments(s, name, &authority.apps_host));
+                if sent.as_ref() != Some(&wanted) {
+                    let message = Assignments { allocations: wanted.clone() };
+                    if send(&mut tx, &message.into()).await.is_err() {
+                        break;
+                    }
+                    tracing::debug!(node = name, n = wanted.len(), "sent assignments");
+                    sent = Some(wanted);
                 }
             }
-            Ok(Some(wire::Message::Inventory(inventory))) if inventory.name == name => {
-                liveness.touch(name);
-                if let Err(e) = propose(node, Command::RegisterNode { inventory }).await {
-                    tracing::warn!(node = name, error = %e, "cannot record a refreshed inventory");
+        }
+    }
+    reader.abort();
+}
+
+/// Handles one message of a registered agent; `false` ends the session.
+async fn handle<W: tokio::io::AsyncWrite + Unpin>(
+    authority: &Authority,
+    name: &str,
+    message: wire::Message,
+    tx: &mut W,
+) -> bool {
+    let node = &authority.node;
+    match message {
+        wire::Message::Heartbeat(hb) => {
+            authority.liveness.touch(name);
+            send(tx, &HeartbeatAck { seq: hb.seq }.into()).await.is_ok()
+        }
+        wire::Message::Inventory(inventory) if inventory.name == name => {
+            authority.liveness.touch(name);
+            if let Err(e) = propose(node, Command::RegisterNode { inventory }).await {
+                tracing::warn!(node = name, error = %e, "cannot record a refreshed inventory");
+            }
+            true
+        }
+        wire::Message::AllocationStatus(status) => {
+            let command = Command::ReportAllocation {
+                id: status.id.clone(),
+                node: name.to_owned(),
+                phase: status.phase,
+                message: status.message,
+            };
+            match propose(node, command).await {
+                Ok(()) => {
+                    tracing::info!(node = name, allocation = status.id, phase = ?status.phase, "allocation report")
+                }
+                Err(e) => {
+                    tracing::info!(node = name, allocation = status.id, error = %e, "allocation report not recorded")
                 }
             }
-            Ok(Some(other)) => {
-                tracing::warn!(
-                    node = name,
-                    kind = other.name(),
-                    "unexpected message from an agent; closing"
-                );
-                return;
-            }
-            Ok(None) | Err(_) => return,
+            true
+        }
+        other => {
+            tracing::warn!(
+                node = name,
+                kind = other.name(),
+                "unexpected message from an agent; closing"
+            );
+            false
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Authority {
     pub node: NodeHandle,
     /// Heartbeats of the agents connected here.
     pub liveness: std::sync::Arc<crate::agents::Liveness>,
+    /// The blob store, for replication between coordinators and fetches by agents.
+    pub blobs: std::sync::Arc<crate::blobs::Blobs>,
+    /// `APPS_DOMAIN[:PORT]`, for the Spaces' `SPACE_HOST`.
+    pub apps_host: String,
 }
 
 /// Coordinator side: serves one `JoinRequest` stream.

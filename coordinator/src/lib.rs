@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod blobs;
 pub mod config;
 pub mod engine;
 pub mod join;
@@ -10,6 +11,7 @@ pub mod node;
 pub mod peer;
 pub mod quic_server;
 pub mod raft_store;
+pub mod scheduler;
 pub mod service;
 
 pub use spacedock_net::tls;

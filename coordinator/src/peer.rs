@@ -1,6 +1,6 @@
 //! Raft between coordinators over QUIC with mutual TLS: an outgoing queue and long-lived stream per peer that
 //! batches whatever accumulated into one frame; the receiving side checks the sender's certificate and also
-//! answers status requests.
+//! answers status requests and carries blobs (`crate::blobs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use spacedock_net::{FramedReader, dial_handshake, send};
+use spacedock_net::{FramedReader, send};
 use spacedock_shared::wire::{self, RaftBatch, Role, StatusReply, StatusRequest};
 use tokio::sync::mpsc;
 
 use crate::node::{NodeHandle, Transport};
-use crate::tls;
 
 /// Most messages put in one frame.
 const MAX_BATCH: usize = 512;
@@ -48,24 +47,17 @@ impl Peers {
     ) -> anyhow::Result<(quinn::SendStream, FramedReader<quinn::RecvStream>)> {
         let addr =
             (self.resolve)(to).ok_or_else(|| anyhow::anyhow!("no address known for node {to}"))?;
-        let connection = self
-            .endpoint
-            .connect_with(self.client_config.clone(), addr, tls::SERVER_NAME)?
-            .await?;
-        let (mut tx, rx) = connection.open_bi().await?;
-        let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
-        let software = spacedock_cli_common::software("spacedock-coordinator");
         let name = format!("coordinator-{}", self.id);
-        dial_handshake(
-            &mut rx,
-            &mut tx,
+        let dialed = spacedock_net::dial(
+            &self.endpoint,
+            &self.client_config,
+            &addr.to_string(),
             Role::Coordinator,
-            &software,
             &name,
             HANDSHAKE_TIMEOUT,
         )
         .await?;
-        Ok((tx, rx))
+        Ok((dialed.tx, dialed.rx))
     }
 
     /// Asks coordinator `to` for its Raft status.
@@ -182,6 +174,7 @@ pub async fn receive<R, W>(
     mut writer: W,
     peer_id: u64,
     node: NodeHandle,
+    blobs: &crate::blobs::Blobs,
 ) where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -216,6 +209,14 @@ pub async fn receive<R, W>(
                 if send(&mut writer, &reply.into()).await.is_err() {
                     return;
                 }
+            }
+            Ok(Some(wire::Message::BlobPut(put))) => {
+                blobs.receive(put, &mut reader, &mut writer).await;
+                return;
+            }
+            Ok(Some(wire::Message::BlobRequest(request))) => {
+                blobs.serve(request, &mut writer, true).await;
+                return;
             }
             Ok(Some(other)) => {
                 tracing::warn!(

@@ -74,11 +74,18 @@ async fn handle_stream(
     };
     match (hello.role, peer.as_deref()) {
         (Role::Coordinator, Some(name)) if let Some(peer_id) = coordinator_id(name) => {
-            peer::receive(reader, tx, peer_id, authority.node.clone()).await
+            peer::receive(
+                reader,
+                tx,
+                peer_id,
+                authority.node.clone(),
+                &authority.blobs,
+            )
+            .await
         }
         (Role::Agent, Some(name)) if name.starts_with("agent-") => {
             let node_name = name.trim_start_matches("agent-").to_owned();
-            agents::session(&authority.node, &authority.liveness, &node_name, reader, tx).await
+            agents::session(&authority, &node_name, reader, tx).await
         }
         (_, None) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
             Ok(Ok(Some(wire::Message::JoinRequest(request)))) if request.role == hello.role => {

@@ -17,6 +17,7 @@ use spacedock_coordinator_core::{Command, Envelope, State, apply};
 use spacedock_shared::flavor::Catalog;
 
 use crate::api::{self, Api};
+use crate::blobs::{BlobStore, Blobs};
 use crate::config::CoordinatorConfig;
 use crate::engine::{Engine, SledEngine};
 use crate::join::{self, Authority};
@@ -42,6 +43,9 @@ impl DataDir {
     }
     pub fn tls(&self) -> PathBuf {
         self.root.join("tls")
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
     }
     pub fn admin_token(&self) -> PathBuf {
         self.root.join("admin-token")
@@ -149,12 +153,23 @@ pub async fn run(
         key_pem: std::fs::read_to_string(dir.tls().join("ca.key")).context("reading the CA key")?,
     };
     let liveness = Arc::new(crate::agents::Liveness::default());
+    let blobs = Blobs::new(
+        BlobStore::new(&dir.blobs())?,
+        Some(peers.clone()),
+        node.clone(),
+    );
     let authority = Authority {
         ca_fingerprint: tls::ca_fingerprint(&ca.cert_pem)?,
         ca,
         node: node.clone(),
         liveness: liveness.clone(),
+        blobs: blobs.clone(),
+        apps_host: match config.public_port() {
+            Some(port) if port != 80 => format!("{}:{port}", config.apps_domain),
+            _ => config.apps_domain.clone(),
+        },
     };
+    tokio::spawn(crate::scheduler::run(node.clone()));
     tokio::spawn(crate::agents::watch(
         node.clone(),
         liveness,
@@ -183,6 +198,7 @@ pub async fn run(
         clock: Arc::new(api::system_clock),
         peers: Some(peers),
         ca_fingerprint: authority.ca_fingerprint.clone(),
+        blobs,
     };
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
@@ -253,16 +269,10 @@ async fn keep_catalog(node: NodeHandle, catalog: Catalog) {
         if node.status().role != "leader" || node.read_local(|s| s.flavors == wanted) {
             continue;
         }
-        let envelope = Envelope {
-            version: ENVELOPE_VERSION,
-            at: api::system_clock(),
-            request_id: rand::random(),
-            actor: None,
-            command: Command::SetFlavors {
-                flavors: wanted.clone(),
-            },
+        let command = Command::SetFlavors {
+            flavors: wanted.clone(),
         };
-        match node.propose(&envelope, API_TIMEOUT).await {
+        match api::propose_as_cluster(&node, command, API_TIMEOUT).await {
             Ok(()) => tracing::info!(
                 n_flavors = wanted.len(),
                 "flavor catalog updated from the config"

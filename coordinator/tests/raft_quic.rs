@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::ConfChangeType;
+use spacedock_coordinator::blobs::{BlobStore, Blobs};
 use spacedock_coordinator::engine::{Engine, SledEngine};
 use spacedock_coordinator::join::Authority;
 use spacedock_coordinator::node::{self, NodeConfig, NodeHandle};
@@ -104,6 +105,12 @@ fn start(
         ca_fingerprint: tls::ca_fingerprint(&ca.cert_pem).unwrap(),
         node: handle.clone(),
         liveness: Default::default(),
+        blobs: Blobs::new(
+            BlobStore::new(&dir.join(format!("blobs-{id}"))).unwrap(),
+            Some(peers.clone()),
+            handle.clone(),
+        ),
+        apps_host: "localhost".into(),
     };
     tokio::spawn(quic_server::serve(endpoint, Arc::new(authority)));
     if bootstrap {

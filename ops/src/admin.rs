@@ -65,8 +65,8 @@ pub fn nodes(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
         return print(&nodes);
     }
     println!(
-        "{:<20} {:<9} {:>5} {:>9} {:>10}  GPUS",
-        "NAME", "STATE", "CPUS", "MEM_GIB", "DISK_GIB"
+        "{:<20} {:<9} {:>5} {:>9} {:>10} {:>6}  GPUS",
+        "NAME", "STATE", "CPUS", "MEM_GIB", "DISK_GIB", "ALLOCS"
     );
     for n in nodes.as_array().cloned().unwrap_or_default() {
         let gib = |v: &Value| v.as_u64().unwrap_or(0) / (1 << 30);
@@ -83,12 +83,13 @@ pub fn nodes(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
             gpus.join(", ")
         };
         println!(
-            "{:<20} {:<9} {:>5} {:>9} {:>10}  {gpus}",
+            "{:<20} {:<9} {:>5} {:>9} {:>10} {:>6}  {gpus}",
             n["name"].as_str().unwrap_or("?"),
             n["state"].as_str().unwrap_or("?"),
             n["cpuCores"].to_string(),
             gib(&n["memoryBytes"]),
             gib(&n["diskFreeBytes"]),
+            n["allocations"].as_array().map_or(0, Vec::len),
         );
     }
     Ok(ExitCode::SUCCESS)

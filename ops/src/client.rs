@@ -50,6 +50,47 @@ impl Client {
         read(request.call(), "DELETE", path)
     }
 
+    /// Whether the cluster's blob store has the blob.
+    pub fn has_blob(&self, digest: &str) -> anyhow::Result<bool> {
+        let path = format!("/api/blobs/{digest}");
+        let mut request = self.agent.head(&format!("{}{path}", self.endpoint));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let response = request.call().with_context(|| format!("HEAD {path}"))?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            code => Err(anyhow!("HEAD {path}: HTTP {code}")),
+        }
+    }
+
+    /// Uploads a blob; returns once a quorum of coordinators holds it. No overall time limit: blobs can be large.
+    pub fn put_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        body: impl std::io::Read + 'static,
+    ) -> anyhow::Result<Value> {
+        let path = format!("/api/blobs/{digest}");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut request = agent
+            .put(&format!("{}{path}", self.endpoint))
+            .header("Content-Length", &size.to_string());
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        read(
+            request.send(ureq::SendBody::from_owned_reader(body)),
+            "PUT",
+            &path,
+        )
+    }
+
     fn send(&self, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.endpoint);
         let mut request = match method {

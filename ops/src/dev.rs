@@ -263,11 +263,19 @@ fn start_agents(
         let name = agent_name(i);
         let data_dir = dir.join(&name);
         let mut command = Command::new(&binary);
+        // Agents on one machine share its containerd: each gets its own namespace and its own slice of
+        // container addresses.
+        let k = i - 1;
+        let subnet = format!("10.{}.{}.0/20", 89 + k / 16, (k % 16) * 16);
         command.arg("--data-dir").arg(&data_dir).args([
             "--join",
             &join.join(","),
             "--node-name",
             &name,
+            "--containerd-namespace",
+            &format!("spacedock-{name}"),
+            "--container-subnet",
+            &subnet,
         ]);
         if !data_dir.join("identity").exists() {
             if token.is_none() {

@@ -5,6 +5,7 @@ mod admin;
 mod client;
 mod config;
 mod dev;
+mod image;
 mod space;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Command {
     /// Operate the cluster: status, join tokens, members.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
+    /// Images in the cluster's store: import a docker-archive or OCI layout, list.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Worker nodes: state (ready, down, draining), inventory and GPUs.
     Nodes {
         /// Print the API's JSON.
@@ -63,12 +67,40 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Load a `docker save` archive or an OCI image layout tar; blobs the cluster has are skipped.
+    Import {
+        file: PathBuf,
+        /// The image's name in the cluster [default: the archive's tag].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The stored images.
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SpaceCommand {
     /// Check a Space's README.md front matter; exit 0 when valid, 1 when invalid, 2 when unreadable.
     /// Each problem is printed as `PATH:LINE: KEY: message`.
     Validate {
         /// A README.md, or a directory holding one.
         path: PathBuf,
+    },
+    /// Run a stored image as the Space (a prebuilt-image Space): the app must answer HTTP on --port.
+    SetImage {
+        /// `namespace/name`.
+        space: String,
+        image: String,
+        #[arg(long)]
+        port: u16,
+        /// Seconds the app has to answer after it starts [default: 1800].
+        #[arg(long)]
+        startup_timeout: Option<u64>,
     },
 }
 
@@ -109,6 +141,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Space(SpaceCommand::Validate { path }) => {
             Ok(space::validate(&path, &Catalog::huggingface()))
+        }
+        Command::Space(SpaceCommand::SetImage {
+            space,
+            image,
+            port,
+            startup_timeout,
+        }) => {
+            let mut body = serde_json::json!({ "image": image, "port": port });
+            if let Some(seconds) = startup_timeout {
+                body["startupTimeout"] = seconds.into();
+            }
+            let runtime = client()?.put(&format!("/api/spaces/{space}/image"), &body)?;
+            println!(
+                "{space} runs {image}: {}",
+                runtime["stage"].as_str().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Import { file, name }) => {
+            image::import(&client()?, &file, name).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::List { json }) => {
+            image::list(&client()?, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Cluster(command) => admin::cluster(&client()?, command),
         Command::Nodes {

@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod flavor;
+pub mod image;
 pub mod money;
 pub mod names;
 pub mod space_config;

@@ -226,6 +226,134 @@ pub struct Registered {
     pub node: String,
 }
 
+/// Asks for a blob's bytes from `offset` on (resuming an interrupted transfer). The answer is a `BlobHeader`,
+/// then `BlobChunk`s ending with an empty one.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BlobRequest {
+    /// `sha256:HEX`.
+    pub digest: String,
+    pub offset: u64,
+}
+
+/// Whether the blob is there and its whole size; `message` says why not.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BlobHeader {
+    pub found: bool,
+    pub size: u64,
+    pub message: String,
+}
+
+/// A piece of a blob; an empty one ends the blob.
+#[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BlobChunk {
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for BlobChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobChunk({} bytes)", self.data.len())
+    }
+}
+
+/// A coordinator replicating a blob to another: `BlobChunk`s follow, the receiver answers `BlobStored`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BlobPut {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The receiver of a `BlobPut` has the blob durably (`ok`), or why not.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BlobStored {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// One uncompressed layer tar of an image: its digest is also its diff id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Layer {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// What an image says about running it (from its OCI config).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct ImageConfig {
+    /// `KEY=value`.
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+}
+
+/// A name and value handed to a container.
+#[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EnvVar {
+    pub key: String,
+    pub value: String,
+}
+
+/// Secrets travel as `EnvVar`s; their values never reach a log through `Debug`.
+impl std::fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<{} bytes>", self.key, self.value.len())
+    }
+}
+
+/// One allocation the leader wants running on the agent's node.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Assignment {
+    pub id: String,
+    /// `namespace/name`.
+    pub space_id: String,
+    pub title: String,
+    /// `SUBDOMAIN.APPS_DOMAIN`.
+    pub host: String,
+    pub creator_user_id: String,
+    /// The flavor's name; the agent knows the catalog's shapes through `vcpu`, `memory_gib` and GPUs.
+    pub flavor: String,
+    pub vcpu: u32,
+    pub memory_gib: u32,
+    /// UUIDs of the node's GPUs assigned to this allocation.
+    pub gpus: Vec<String>,
+    pub layers: Vec<Layer>,
+    pub config: ImageConfig,
+    pub port: u16,
+    pub startup_timeout_s: u64,
+    pub variables: Vec<EnvVar>,
+    pub secrets: Vec<EnvVar>,
+}
+
+/// The whole set of allocations the leader wants on this node; sent whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Assignments {
+    pub allocations: Vec<Assignment>,
+}
+
+/// Where an allocation is on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum AllocationPhase {
+    /// Fetching and unpacking the image.
+    Pulling,
+    /// Started; the app does not answer on its port yet.
+    Starting,
+    /// The app answers HTTP on its port.
+    Running,
+    /// It exited, failed its checks or could not start; `message` says why.
+    Failed,
+}
+
+/// An agent's report about one of its allocations.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AllocationStatus {
+    pub id: String,
+    pub phase: AllocationPhase,
+    pub message: String,
+}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -284,6 +412,13 @@ messages! {
     12 => Joined,
     13 => Inventory,
     14 => Registered,
+    15 => BlobRequest,
+    16 => BlobHeader,
+    17 => BlobChunk,
+    18 => BlobPut,
+    19 => BlobStored,
+    20 => Assignments,
+    21 => AllocationStatus,
 }
 
 /// Encodes a message as one frame.
@@ -593,7 +728,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_of_every_kind_never_panic(kind in 0u16..8, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_of_every_kind_never_panic(kind in 0u16..24, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Message::decode(kind, &payload);
         }
 

@@ -13,10 +13,14 @@ use crate::access::{
 };
 use crate::command::{Command, Envelope, KeyValue, NewToken, SpaceSpec};
 use crate::error::ApplyError;
+use crate::schedule;
 use crate::state::{
-    JoinToken, Millis, Node, NodeState, Org, Repo, RepoKind, Role, Secret, SecretValue, SpaceState,
-    Stage, State, Token, User, Variable, repo_key,
+    AllocationPhase, JoinToken, Millis, Node, NodeState, Org, Repo, RepoKind, Role, Secret,
+    SecretValue, SpaceImage, SpaceState, Stage, State, Token, User, Variable, repo_key,
 };
+
+/// Longest `startup_duration_timeout` a Space may ask for (a day).
+pub const MAX_STARTUP_TIMEOUT_S: u64 = 86_400;
 
 /// Applies one entry. On error nothing changed.
 pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
@@ -306,7 +310,9 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 space.factory_restarts += 1;
             }
             space.error_message = None;
-            space.stage = if has_commit {
+            space.stage = if space.image.is_some() {
+                Stage::AppStarting
+            } else if has_commit {
                 Stage::Building
             } else {
                 Stage::NoAppFile
@@ -502,6 +508,140 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 })?;
             node.state = *node_state;
             node.updated_at = at;
+            Ok(())
+        }
+        Command::PutImage { image } => {
+            let p = actor(state, &principal_hash, at)?;
+            if p.token.role == Role::Read {
+                return Err(ApplyError::Forbidden(
+                    "storing images needs a write token".into(),
+                ));
+            }
+            check_image_name(&image.name)?;
+            if image.layers.is_empty() {
+                return Err(ApplyError::invalid("layers", "an image needs a layer"));
+            }
+            let mut image = image.clone();
+            image.created_at = at;
+            state.images.insert(image.name.clone(), image);
+            Ok(())
+        }
+        Command::SetSpaceImage {
+            id,
+            name,
+            port,
+            startup_timeout_s,
+        } => {
+            let p = actor(state, &principal_hash, at)?;
+            writable_repo(state, &p, RepoKind::Space, id)?;
+            let image = state.images.get(name).ok_or_else(|| ApplyError::NotFound {
+                what: "image",
+                name: name.clone(),
+            })?;
+            if *port == 0 {
+                return Err(ApplyError::invalid("port", "a port from 1 to 65535"));
+            }
+            if !(1..=MAX_STARTUP_TIMEOUT_S).contains(startup_timeout_s) {
+                return Err(ApplyError::invalid(
+                    "startupTimeout",
+                    format!("seconds from 1 to {MAX_STARTUP_TIMEOUT_S}"),
+                ));
+            }
+            let chosen = SpaceImage {
+                name: name.clone(),
+                id: image.id.clone(),
+                port: *port,
+                startup_timeout_s: *startup_timeout_s,
+            };
+            let space = space_mut(state, id, at)?;
+            space.image = Some(chosen);
+            space.stage = Stage::AppStarting;
+            space.error_message = None;
+            Ok(())
+        }
+        Command::PlaceAllocation { allocation } => {
+            system_only(&principal_hash)?;
+            schedule::check_placement(state, allocation)?;
+            let mut allocation = allocation.clone();
+            allocation.phase = AllocationPhase::Pulling;
+            allocation.message = String::new();
+            allocation.created_at = at;
+            allocation.updated_at = at;
+            if let Some(space) = state
+                .repos
+                .get_mut(&allocation.space)
+                .and_then(|r| r.space.as_mut())
+            {
+                space.hardware_current = Some(allocation.flavor.clone());
+                space.stage = Stage::AppStarting;
+                space.error_message = None;
+            }
+            state.allocations.insert(allocation.id.clone(), allocation);
+            Ok(())
+        }
+        Command::RemoveAllocation { id, reason: _ } => {
+            system_only(&principal_hash)?;
+            let removed = state
+                .allocations
+                .remove(id)
+                .ok_or_else(|| ApplyError::NotFound {
+                    what: "allocation",
+                    name: id.clone(),
+                })?;
+            if let Some(space) = state
+                .repos
+                .get_mut(&removed.space)
+                .and_then(|r| r.space.as_mut())
+            {
+                space.hardware_current = None;
+                if space.stage == Stage::Running {
+                    space.stage = Stage::AppStarting;
+                }
+            }
+            Ok(())
+        }
+        Command::WaitForCapacity { space, message } => {
+            system_only(&principal_hash)?;
+            let space = state
+                .repos
+                .get_mut(space)
+                .and_then(|r| r.space.as_mut())
+                .ok_or_else(|| ApplyError::RepoNotFound(space.clone()))?;
+            space.error_message = Some(message.clone());
+            Ok(())
+        }
+        Command::ReportAllocation {
+            id,
+            node,
+            phase,
+            message,
+        } => {
+            system_only(&principal_hash)?;
+            let allocation = state
+                .allocations
+                .get_mut(id)
+                .filter(|a| &a.node == node)
+                .ok_or_else(|| ApplyError::NotFound {
+                    what: "allocation",
+                    name: format!("{id} on node {node}"),
+                })?;
+            allocation.phase = *phase;
+            allocation.message = message.clone();
+            allocation.updated_at = at;
+            let key = allocation.space.clone();
+            if let Some(space) = state.repos.get_mut(&key).and_then(|r| r.space.as_mut())
+                && space.stage != Stage::Paused
+            {
+                let (stage, error) = match phase {
+                    AllocationPhase::Pulling | AllocationPhase::Starting => {
+                        (Stage::AppStarting, None)
+                    }
+                    AllocationPhase::Running => (Stage::Running, None),
+                    AllocationPhase::Failed => (Stage::RuntimeError, Some(message.clone())),
+                };
+                space.stage = stage;
+                space.error_message = error;
+            }
             Ok(())
         }
         Command::RevokeJoinToken { id } => {
@@ -721,6 +861,7 @@ fn new_space(
         duplicated_from: None,
         restarts: 0,
         factory_restarts: 0,
+        image: None,
     })
 }
 
@@ -764,4 +905,23 @@ fn insert_token(state: &mut State, token: &NewToken, at: Millis) {
         revoked: false,
     };
     state.tokens.insert(token.secret_hash.clone(), stored);
+}
+
+/// Image names: 1 to 128 of lowercase letters, digits and `._-/:@`, starting with a letter or digit.
+pub fn check_image_name(name: &str) -> Result<(), ApplyError> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:@".contains(c);
+    let starts_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > 128 || !starts_ok || !name.chars().all(ok_char) {
+        return Err(ApplyError::invalid(
+            "name",
+            format!(
+                "`{name}` is not an image name: 1 to 128 of lowercase letters, digits and `._-/:@`, \
+                 starting with a letter or digit"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -8,7 +8,9 @@
 use rkyv::{Archive, Deserialize, Serialize};
 use spacedock_shared::flavor::Flavor;
 
-use crate::state::{Member, Millis, NodeRole, NodeState, RepoKind, Role};
+use crate::state::{
+    Allocation, AllocationPhase, Image, Member, Millis, NodeRole, NodeState, RepoKind, Role,
+};
 
 /// Version of the envelope encoding this build writes.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -188,6 +190,38 @@ pub enum Command {
         name: String,
         state: NodeState,
     },
+    /// Records an image whose blobs the store holds (the API checked them); replaces one of the same name.
+    PutImage {
+        image: Image,
+    },
+    /// Makes a Space run a stored image.
+    SetSpaceImage {
+        id: String,
+        name: String,
+        port: u16,
+        startup_timeout_s: u64,
+    },
+    /// The leader's scheduler places a Space on a node (re-checked against the state when applied).
+    PlaceAllocation {
+        allocation: Allocation,
+    },
+    /// The leader's scheduler takes an allocation away (its node is gone, the Space paused or changed).
+    RemoveAllocation {
+        id: String,
+        reason: String,
+    },
+    /// The scheduler found no node for a Space (repo key): the Space says so.
+    WaitForCapacity {
+        space: String,
+        message: String,
+    },
+    /// An agent reports where one of its allocations is.
+    ReportAllocation {
+        id: String,
+        node: String,
+        phase: AllocationPhase,
+        message: String,
+    },
 }
 
 impl Envelope {
@@ -243,6 +277,12 @@ impl Command {
             Command::RevokeJoinToken { .. } => "RevokeJoinToken",
             Command::RegisterNode { .. } => "RegisterNode",
             Command::SetNodeState { .. } => "SetNodeState",
+            Command::PutImage { .. } => "PutImage",
+            Command::SetSpaceImage { .. } => "SetSpaceImage",
+            Command::PlaceAllocation { .. } => "PlaceAllocation",
+            Command::RemoveAllocation { .. } => "RemoveAllocation",
+            Command::WaitForCapacity { .. } => "WaitForCapacity",
+            Command::ReportAllocation { .. } => "ReportAllocation",
         }
     }
 }

@@ -284,7 +284,59 @@ pub struct SpaceState {
     /// Bumped by restarts; a factory restart also clears the build cache for the Space.
     pub restarts: u64,
     pub factory_restarts: u64,
+    /// The image the Space runs, when it runs a stored image (set by `set-image`, later by the builder).
+    pub image: Option<SpaceImage>,
 }
+
+/// What a Space runs: an image from the cluster's store and the port its app answers on.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SpaceImage {
+    /// The image's name in the store, as the user gave it.
+    pub name: String,
+    /// The image id (config digest) the name pointed to when it was set.
+    pub id: String,
+    pub port: u16,
+    /// Seconds the app has to answer on its port after it starts.
+    pub startup_timeout_s: u64,
+}
+
+/// An image in the cluster's store: its run config and uncompressed layers (blobs in the blob store).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// `sha256:` digest of the image's OCI config.
+    pub id: String,
+    pub config: spacedock_shared::wire::ImageConfig,
+    pub layers: Vec<spacedock_shared::wire::Layer>,
+    pub created_at: Millis,
+}
+
+impl Image {
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// A Space placed on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Allocation {
+    pub id: String,
+    /// The Space's repo key.
+    pub space: String,
+    pub node: String,
+    pub flavor: String,
+    pub image_id: String,
+    /// UUIDs of the node's GPUs it holds.
+    pub gpus: Vec<String>,
+    /// The Space's `restarts` when placed: a restart asks for a new allocation.
+    pub generation: u64,
+    pub phase: AllocationPhase,
+    pub message: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+pub use spacedock_shared::wire::AllocationPhase;
 
 /// A model, dataset or Space repo.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -339,6 +391,10 @@ pub struct State {
     pub join_tokens: BTreeMap<String, JoinToken>,
     /// Worker nodes by name.
     pub nodes: BTreeMap<String, Node>,
+    /// Stored images by name.
+    pub images: BTreeMap<String, Image>,
+    /// Allocations by id.
+    pub allocations: BTreeMap<String, Allocation>,
 }
 
 /// The key a repo is stored under: kind and case-folded id, so `User/App` and `user/app` are one repo.

@@ -750,3 +750,309 @@ proptest! {
         }
     }
 }
+
+mod scheduling {
+    use super::*;
+    use crate::schedule::{Step, plan};
+    use crate::state::{AllocationPhase, Image, NodeState};
+    use spacedock_shared::wire::{GpuInfo, ImageConfig, Inventory, Layer};
+
+    fn inventory(name: &str, cores: u32, memory_gib: u64, gpus: u32) -> Inventory {
+        Inventory {
+            name: name.into(),
+            labels: vec![],
+            cpu_cores: cores,
+            memory_bytes: memory_gib << 30,
+            disk_free_bytes: 100 << 30,
+            kernel: "6.1".into(),
+            containerd_version: "1.6".into(),
+            driver_version: String::new(),
+            cuda_version: String::new(),
+            gpus: (0..gpus)
+                .map(|i| GpuInfo {
+                    index: i,
+                    uuid: format!("GPU-{name}-{i}"),
+                    name: "Tesla T4".into(),
+                    memory_total_bytes: 15360 << 20,
+                    mig_mode: String::new(),
+                    mig_devices: vec![],
+                    compute_capability: "7.5".into(),
+                    pci_bus_id: String::new(),
+                    power_limit_milliwatts: 70_000,
+                    ecc_uncorrected: None,
+                })
+                .collect(),
+            gpu_note: String::new(),
+        }
+    }
+
+    /// A cluster with an image and `spaces` Spaces of alice running it on `flavor`.
+    fn with_spaces(spaces: &[&str], flavor: &str) -> Cluster {
+        let mut c = Cluster::new();
+        c.run(
+            ALICE,
+            Command::PutImage {
+                image: Image {
+                    name: "demo:1".into(),
+                    id: "sha256:c0".into(),
+                    config: ImageConfig::default(),
+                    layers: vec![Layer {
+                        digest: "sha256:l1".into(),
+                        size: 10,
+                    }],
+                    created_at: 0,
+                },
+            },
+        )
+        .unwrap();
+        for id in spaces {
+            c.create_space(ALICE, id, false).unwrap();
+            c.run(
+                ALICE,
+                Command::RequestHardware {
+                    id: (*id).into(),
+                    flavor: flavor.into(),
+                    sleep_time: None,
+                },
+            )
+            .unwrap();
+            c.run(
+                ALICE,
+                Command::SetSpaceImage {
+                    id: (*id).into(),
+                    name: "demo:1".into(),
+                    port: 8080,
+                    startup_timeout_s: 30,
+                },
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    fn add_node(c: &mut Cluster, name: &str, cores: u32, memory_gib: u64, gpus: u32) {
+        c.system(Command::RegisterNode {
+            inventory: inventory(name, cores, memory_gib, gpus),
+        })
+        .unwrap();
+    }
+
+    /// Runs one scheduler pass the way the leader does; returns the steps.
+    fn pass(c: &mut Cluster) -> Vec<Step> {
+        let steps = plan(&c.state);
+        for (i, step) in steps.clone().into_iter().enumerate() {
+            let id = format!("a{}-{i}", c.clock);
+            if let Some(command) = step.into_command(&c.state, id) {
+                c.system(command).unwrap();
+            }
+        }
+        steps
+    }
+
+    fn placed(c: &Cluster) -> Vec<(String, String)> {
+        c.state
+            .allocations
+            .values()
+            .map(|a| (a.space.clone(), a.node.clone()))
+            .collect()
+    }
+
+    fn stage(c: &Cluster, id: &str) -> (Stage, Option<String>) {
+        let s = c
+            .state
+            .repo(RepoKind::Space, id)
+            .unwrap()
+            .space
+            .as_ref()
+            .unwrap();
+        (s.stage, s.error_message.clone())
+    }
+
+    #[test]
+    fn spaces_fill_nodes_and_the_rest_wait_for_capacity_visibly() {
+        let mut c = with_spaces(&["alice/a", "alice/b", "alice/c"], "cpu-basic");
+        add_node(&mut c, "n1", 4, 32, 0);
+        pass(&mut c);
+        assert_eq!(placed(&c).len(), 2, "two cpu-basic fit 4 cores, 32 GiB");
+        let (st, message) = stage(&c, "alice/c");
+        assert_eq!(st, Stage::AppStarting);
+        let message = message.unwrap();
+        assert!(
+            message.contains("waiting for capacity") && message.contains("cpu-basic"),
+            "{message}"
+        );
+        // Said once: the next pass proposes nothing.
+        assert_eq!(plan(&c.state), vec![]);
+        add_node(&mut c, "n2", 2, 16, 0);
+        pass(&mut c);
+        assert_eq!(placed(&c).len(), 3);
+        assert_eq!(
+            stage(&c, "alice/c").1,
+            None,
+            "a placement clears the message"
+        );
+    }
+
+    #[test]
+    fn a_down_node_gives_its_spaces_to_another() {
+        let mut c = with_spaces(&["alice/a"], "cpu-basic");
+        add_node(&mut c, "n1", 2, 16, 0);
+        pass(&mut c);
+        assert_eq!(placed(&c), vec![("space:alice/a".into(), "n1".into())]);
+        add_node(&mut c, "n2", 2, 16, 0);
+        c.system(Command::SetNodeState {
+            name: "n1".into(),
+            state: NodeState::Down,
+        })
+        .unwrap();
+        let steps = pass(&mut c);
+        assert!(
+            matches!(&steps[0], Step::Remove { reason, .. } if reason.contains("n1 is down")),
+            "{steps:?}"
+        );
+        pass(&mut c);
+        assert_eq!(placed(&c), vec![("space:alice/a".into(), "n2".into())]);
+    }
+
+    #[test]
+    fn reports_drive_the_stage_and_a_restart_replaces_a_failed_allocation() {
+        let mut c = with_spaces(&["alice/a"], "cpu-basic");
+        add_node(&mut c, "n1", 2, 16, 0);
+        pass(&mut c);
+        let id = c.state.allocations.keys().next().unwrap().clone();
+        let report = |phase, message: &str| Command::ReportAllocation {
+            id: id.clone(),
+            node: "n1".into(),
+            phase,
+            message: message.into(),
+        };
+        c.system(report(AllocationPhase::Running, "")).unwrap();
+        assert_eq!(stage(&c, "alice/a").0, Stage::Running);
+        // Only the allocation's own node may report on it.
+        let err = c.refused(
+            None,
+            Command::ReportAllocation {
+                id: id.clone(),
+                node: "n2".into(),
+                phase: AllocationPhase::Failed,
+                message: "x".into(),
+            },
+        );
+        assert!(matches!(err, ApplyError::NotFound { .. }), "{err}");
+        c.system(report(AllocationPhase::Failed, "exited with code 3"))
+            .unwrap();
+        assert_eq!(
+            stage(&c, "alice/a"),
+            (Stage::RuntimeError, Some("exited with code 3".into()))
+        );
+        assert_eq!(
+            pass(&mut c),
+            vec![],
+            "a failed allocation stays until a restart"
+        );
+        c.run(
+            ALICE,
+            Command::Restart {
+                id: "alice/a".into(),
+                factory: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(stage(&c, "alice/a").0, Stage::AppStarting);
+        pass(&mut c);
+        pass(&mut c);
+        let a = c.state.allocations.values().next().unwrap();
+        assert_ne!(a.id, id);
+        assert_eq!(a.generation, 1);
+        // Pausing takes it away.
+        c.run(
+            ALICE,
+            Command::Pause {
+                id: "alice/a".into(),
+            },
+        )
+        .unwrap();
+        pass(&mut c);
+        assert!(c.state.allocations.is_empty());
+        assert_eq!(plan(&c.state), vec![]);
+    }
+
+    #[test]
+    fn gpu_flavors_get_distinct_gpus_and_stale_placements_are_refused() {
+        let mut c = with_spaces(&["alice/a", "alice/b", "alice/c"], "t4-small");
+        add_node(&mut c, "g1", 16, 64, 2);
+        let steps = plan(&c.state);
+        pass(&mut c);
+        let mut gpus: Vec<String> = c
+            .state
+            .allocations
+            .values()
+            .flat_map(|a| a.gpus.clone())
+            .collect();
+        gpus.sort();
+        assert_eq!(gpus, vec!["GPU-g1-0", "GPU-g1-1"]);
+        assert!(stage(&c, "alice/c").1.unwrap().contains("t4-small"));
+        // Replaying the same plan against the new state: every placement is refused and nothing changes.
+        for (i, step) in steps.into_iter().enumerate() {
+            if let Some(command @ Command::PlaceAllocation { .. }) =
+                step.into_command(&c.state, format!("again-{i}"))
+            {
+                let err = c.refused(None, command);
+                assert!(err.to_string().contains("stale placement"), "{err}");
+            }
+        }
+        // Users cannot place allocations.
+        let err = c.refused(
+            Some(ALICE),
+            Command::RemoveAllocation {
+                id: "x".into(),
+                reason: String::new(),
+            },
+        );
+        assert!(matches!(err, ApplyError::Forbidden(_)), "{err}");
+    }
+
+    #[test]
+    fn images_need_a_write_token_a_valid_name_and_exist_for_a_space() {
+        let mut c = with_spaces(&[], "cpu-basic");
+        let image = |name: &str| Command::PutImage {
+            image: Image {
+                name: name.into(),
+                id: "sha256:c1".into(),
+                config: ImageConfig::default(),
+                layers: vec![Layer {
+                    digest: "sha256:l".into(),
+                    size: 1,
+                }],
+                created_at: 0,
+            },
+        };
+        assert!(matches!(
+            c.refused(Some(ALICE_READ), image("x")),
+            ApplyError::Forbidden(_)
+        ));
+        let err = c.refused(Some(ALICE), image("Bad Name"));
+        assert!(err.to_string().contains("not an image name"), "{err}");
+        c.create_space(ALICE, "alice/s", false).unwrap();
+        let err = c.refused(
+            Some(ALICE),
+            Command::SetSpaceImage {
+                id: "alice/s".into(),
+                name: "missing:1".into(),
+                port: 80,
+                startup_timeout_s: 30,
+            },
+        );
+        assert!(err.to_string().contains("missing:1"), "{err}");
+        let err = c.refused(
+            Some(BOB),
+            Command::SetSpaceImage {
+                id: "alice/s".into(),
+                name: "demo:1".into(),
+                port: 80,
+                startup_timeout_s: 30,
+            },
+        );
+        assert!(matches!(err, ApplyError::Forbidden(_)), "{err}");
+    }
+}

@@ -10,6 +10,7 @@ use axum::{Router, response::Json as JsonResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spacedock_coordinator_core::Command;
+use spacedock_coordinator_core::State;
 use spacedock_coordinator_core::access::hash_secret;
 use spacedock_coordinator_core::command::NewToken;
 use spacedock_coordinator_core::state::{NodeRole, Role};
@@ -491,13 +492,29 @@ async fn nodes(
     let nodes = api
         .read(&headers, |state, p| {
             require_admin(p)?;
-            Ok(state.nodes.values().map(node_json).collect::<Vec<_>>())
+            Ok(state
+                .nodes
+                .values()
+                .map(|n| node_json(state, n))
+                .collect::<Vec<_>>())
         })
         .await?;
     Ok(JsonResponse(Value::Array(nodes)))
 }
 
-fn node_json(n: &spacedock_coordinator_core::state::Node) -> Value {
+fn node_json(state: &State, n: &spacedock_coordinator_core::state::Node) -> Value {
+    let allocations: Vec<Value> = state
+        .allocations
+        .values()
+        .filter(|a| a.node == n.name)
+        .map(|a| {
+            let space = state.repos.get(&a.space).map_or("", |r| r.id.as_str());
+            json!({
+                "id": a.id, "space": space, "flavor": a.flavor, "gpus": a.gpus,
+                "phase": format!("{:?}", a.phase).to_lowercase(), "message": a.message,
+            })
+        })
+        .collect();
     let i = &n.inventory;
     let gpus: Vec<Value> = i
         .gpus
@@ -531,11 +548,11 @@ fn node_json(n: &spacedock_coordinator_core::state::Node) -> Value {
         "cudaVersion": i.cuda_version,
         "gpus": gpus,
         "gpuNote": i.gpu_note,
-        "allocations": [],
+        "allocations": allocations,
     })
 }
 
-/// Makes a node ineligible for new work; its workloads move off (once placement exists).
+/// Makes a node ineligible for new work; the scheduler moves its Spaces off.
 async fn drain(
     AxumState(api): AxumState<Api>,
     headers: HeaderMap,
@@ -581,7 +598,7 @@ async fn set_node_state(
     .await?;
     let node = api
         .read(&headers, |s, _| {
-            s.nodes.get(&name).map(node_json).ok_or_else(|| {
+            s.nodes.get(&name).map(|n| node_json(s, n)).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "NotFound",

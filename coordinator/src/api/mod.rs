@@ -6,6 +6,7 @@
 //! shape JSON. Decisions live in `spacedock-coordinator-core`.
 
 mod cluster;
+mod images;
 mod json;
 mod repos;
 mod spaces;
@@ -44,6 +45,8 @@ pub struct Api {
     pub peers: Option<crate::peer::Peers>,
     /// Fingerprint of the cluster CA, put in join tokens.
     pub ca_fingerprint: String,
+    /// The cluster's blob store (image layers and configs).
+    pub blobs: Arc<crate::blobs::Blobs>,
     /// Wall clock in ms; a function so tests can pin it.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -69,6 +72,7 @@ pub fn router(api: Api) -> Router {
         .merge(repos::routes())
         .merge(spaces::routes())
         .merge(cluster::routes())
+        .merge(images::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
@@ -281,6 +285,23 @@ impl Api {
             _ => format!("http://{subdomain}.{}", self.apps_domain),
         }
     }
+}
+
+/// Proposes a command as the cluster itself (scheduler, liveness, agents' reports, catalog sync) and waits
+/// until this node applied it.
+pub async fn propose_as_cluster(
+    node: &NodeHandle,
+    command: Command,
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    let envelope = Envelope {
+        version: ENVELOPE_VERSION,
+        at: system_clock(),
+        request_id: rand::random(),
+        actor: None,
+        command,
+    };
+    node.propose(&envelope, timeout).await
 }
 
 /// A new random id (hex) for users, organizations, tokens and repos.

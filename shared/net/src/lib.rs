@@ -4,6 +4,7 @@
 //! The framing and negotiation rules live in `spacedock_shared::wire`, free of IO; this crate moves bytes, holds the
 //! cluster's TLS material and configs (`tls`), and the joiner's side of the join protocol (`join`).
 
+pub mod blob;
 pub mod join;
 pub mod tls;
 
@@ -175,4 +176,63 @@ async fn refuse<W: AsyncWrite + Unpin>(writer: &mut W, code: wire::RefuseCode, m
     if let Err(e) = send(writer, &refused.into()).await {
         tracing::debug!(error = %e, "could not send Refused");
     }
+}
+
+/// A stream to a coordinator, past the opening handshake, and the connection that carries it.
+#[derive(Debug)]
+pub struct Dialed {
+    pub connection: quinn::Connection,
+    pub tx: quinn::SendStream,
+    pub rx: FramedReader<quinn::RecvStream>,
+}
+
+/// Dials `target` (`host:port`) with the client config (mutual TLS with a node certificate), opens a stream and
+/// says `Hello` as `role`/`name`.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    client_config: &quinn::ClientConfig,
+    target: &str,
+    role: Role,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<Dialed> {
+    let addr = tokio::net::lookup_host(target)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{target} resolves to nothing"))?;
+    let connection = endpoint
+        .connect_with(client_config.clone(), addr, tls::SERVER_NAME)?
+        .await?;
+    let (mut tx, rx) = connection.open_bi().await?;
+    let mut rx = FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
+    let software = spacedock_cli_common::software(match role {
+        Role::Coordinator => "spacedock-coordinator",
+        Role::Agent => "spacedock-agent",
+        Role::Builder => "spacedock-builder",
+        Role::Cli => "spacedock",
+    });
+    dial_handshake(&mut rx, &mut tx, role, &software, name, timeout).await?;
+    Ok(Dialed { connection, tx, rx })
+}
+
+/// What `forward` hands over: each message read, until the stream ends or fails.
+pub type Incoming = tokio::sync::mpsc::Receiver<Result<Option<Message>, NetError>>;
+
+/// Reads the stream on its own task (reading is not cancel-safe, so it cannot sit in a `select!`) and hands
+/// every message over; the last item is the end (`Ok(None)`) or the error. Abort the task to stop reading.
+pub fn forward<R>(mut reader: FramedReader<R>) -> (Incoming, tokio::task::JoinHandle<()>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        loop {
+            let message = reader.recv().await;
+            let end = !matches!(message, Ok(Some(_)));
+            if tx.send(message).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    (rx, task)
 }

@@ -1,0 +1,434 @@
+//! Spaces that run a stored image, end to end with real processes and the suite's containerd: `spacedock image
+//! import`, `spacedock space set-image`, the leader placing the Space on an agent, the agent fetching the layer
+//! over QUIC, starting the container in its own network namespace and reporting APP_STARTING, then RUNNING once
+//! the app answers HTTP; failures (an exit, no answer in time, a rotten blob) as RUNTIME_ERROR with the reason;
+//! an agent restart that adopts the running container; pausing that removes everything.
+//!
+//! Each test has its own coordinator, agent, containerd namespace and container subnet, so tests run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: panics are how tests fail
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spacedock_cluster_tests::{Agent, Coordinator, api, busybox_image, run, test_containerd};
+
+/// A coordinator with a small test flavor and one agent, both ready.
+struct Cluster {
+    dir: tempfile::TempDir,
+    c: Coordinator,
+    admin: String,
+    agent: Agent,
+    namespace: String,
+}
+
+const FLAVORS: &str = r#"
+[flavors]
+include_defaults = true
+[[flavors.flavor]]
+name = "test-small"
+vcpu = 1
+memory_gib = 1
+disk_gib = 1
+price_per_hour = "0.01"
+"#;
+
+impl Cluster {
+    fn start(test: &str, subnet: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("coordinator.toml");
+        std::fs::write(&config, FLAVORS).unwrap();
+        let c = Coordinator::bootstrap_with(dir.path(), &["--config", config.to_str().unwrap()]);
+        let admin = c.admin_token();
+        let token = api(
+            &c.api_url,
+            &admin,
+            "POST",
+            "/api/cluster/join-tokens",
+            Some(json!({ "role": "agent" })),
+        )
+        .unwrap();
+        let namespace = format!("sdtest-{test}-{}", std::process::id());
+        let agent = Agent::start(
+            dir.path(),
+            &format!("run-{test}"),
+            &c.quic_addr,
+            token["token"].as_str(),
+            &[
+                "--container-subnet",
+                subnet,
+                "--containerd-namespace",
+                &namespace,
+            ],
+        );
+        let cluster = Cluster {
+            dir,
+            c,
+            admin,
+            agent,
+            namespace,
+        };
+        cluster.wait(Duration::from_secs(30), "the agent ready", |c| {
+            let nodes = api(&c.c.api_url, &c.admin, "GET", "/api/nodes", None).ok()?;
+            nodes
+                .as_array()?
+                .iter()
+                .find(|n| n["state"] == "ready")
+                .cloned()
+        });
+        cluster
+    }
+
+    fn cli(&self, args: &[&str]) -> spacedock_cluster_tests::Result {
+        run(
+            "spacedock",
+            args,
+            &[("HF_ENDPOINT", &self.c.api_url), ("HF_TOKEN", &self.admin)],
+        )
+    }
+
+    fn import(&self, archive: &Path) -> String {
+        let out = self.cli(&["image", "import", archive.to_str().unwrap()]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        out.stdout
+    }
+
+    /// Creates Space `admin/NAME` on the test flavor with a secret, running `image` on port 8080.
+    fn space(&self, name: &str, image: &str, startup_timeout: u64) -> String {
+        let id = format!("admin/{name}");
+        let call = |method: &str, path: String, body: Value| {
+            api(&self.c.api_url, &self.admin, method, &path, Some(body)).unwrap()
+        };
+        call(
+            "POST",
+            "/api/repos/create".into(),
+            json!({ "type": "space", "name": name, "sdk": "docker" }),
+        );
+        call(
+            "POST",
+            format!("/api/spaces/{id}/hardware"),
+            json!({ "flavor": "test-small" }),
+        );
+        call(
+            "POST",
+            format!("/api/spaces/{id}/secrets"),
+            json!({ "key": "API_KEY", "value": SECRET }),
+        );
+        call(
+            "POST",
+            format!("/api/spaces/{id}/variables"),
+            json!({ "key": "MODE", "value": "test" }),
+        );
+        let out = self.cli(&[
+            "space",
+            "set-image",
+            &id,
+            image,
+            "--port",
+            "8080",
+            "--startup-timeout",
+            &startup_timeout.to_string(),
+        ]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        id
+    }
+
+    fn runtime(&self, id: &str) -> Value {
+        api(
+            &self.c.api_url,
+            &self.admin,
+            "GET",
+            &format!("/api/spaces/{id}/runtime"),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn wait<T>(&self, limit: Duration, what: &str, f: impl Fn(&Cluster) -> Option<T>) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{what} not within {limit:?}\nagent log:\n{}\ncoordinator log tail:\n{}",
+                self.agent.log_text(),
+                tail(&self.c.log_text(), 4000)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn wait_stage(&self, id: &str, stage: &str, limit: Duration) -> Value {
+        self.wait(limit, &format!("{id} {stage}"), |c| {
+            Some(c.runtime(id)).filter(|r| r["stage"] == stage)
+        })
+    }
+
+    /// Containers in the agent's containerd namespace.
+    fn containers(&self) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(test_containerd())
+            .args(["-n", &self.namespace, "containers", "ls", "-q"])
+            .output()
+            .expect("ctr (from the containerd package)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn allocation(&self) -> Value {
+        let nodes = api(&self.c.api_url, &self.admin, "GET", "/api/nodes", None).unwrap();
+        nodes[0]["allocations"][0].clone()
+    }
+
+    fn assert_secret_never_logged(&self) {
+        for (who, log) in [
+            ("agent", self.agent.log_text()),
+            ("coordinator", self.c.log_text()),
+        ] {
+            assert!(!log.contains(SECRET), "the secret is in the {who} log");
+        }
+    }
+}
+
+const SECRET: &str = "sk-test-do-not-leak-7781";
+
+fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+#[test]
+fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
+    let cl = Cluster::start("runs", "10.201.0.0/24");
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/web:1",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo starting as $(busybox id -u) MODE=$MODE; exec busybox httpd -f -v -p 8080 -h /www",
+        ],
+        "hello from runs",
+    );
+    let first = cl.import(&archive);
+    assert!(
+        first.contains("uploaded") && first.contains("imported demo/web:1"),
+        "{first}"
+    );
+    // A second import finds every blob in the cluster and uploads nothing.
+    let again = cl.import(&archive);
+    assert!(
+        !again.contains("uploaded") && again.contains("already in the cluster"),
+        "{again}"
+    );
+    let listed = cl.cli(&["image", "list"]);
+    assert!(listed.stdout.contains("demo/web:1"), "{listed:?}");
+
+    let id = cl.space("web", "demo/web:1", 60);
+    let runtime = cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
+    assert_eq!(runtime["hardware"]["current"], "test-small", "{runtime}");
+    let allocation = cl.allocation();
+    assert_eq!(allocation["space"], id.as_str());
+    assert_eq!(allocation["phase"], "running");
+    let alloc_id = allocation["id"].as_str().unwrap().to_owned();
+    assert!(cl.containers().contains(&alloc_id), "{}", cl.containers());
+    // The container ran as uid 1000 with the Space's variables; the app logged the agent's health probe.
+    let log = std::fs::read_to_string(
+        cl.agent
+            .data_dir
+            .join("allocs")
+            .join(&alloc_id)
+            .join("run.log"),
+    )
+    .unwrap();
+    assert!(log.contains("starting as 1000 MODE=test"), "{log}");
+
+    // kill -9 and restart of the agent: the same container is adopted, and the Space stays RUNNING.
+    let mut agent = cl.agent;
+    agent.kill();
+    agent.restart();
+    let cl = Cluster { agent, ..cl };
+    cl.wait(
+        Duration::from_secs(30),
+        "the running container adopted",
+        |c| {
+            c.agent
+                .log_text()
+                .contains("adopting the running container")
+                .then_some(())
+        },
+    );
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(30));
+    assert_eq!(cl.allocation()["id"], alloc_id.as_str());
+
+    // Pause: the allocation goes, the container and its network are removed.
+    api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        &format!("/api/spaces/{id}/pause"),
+        None,
+    )
+    .unwrap();
+    cl.wait(Duration::from_secs(30), "the container removed", |c| {
+        (!c.containers().contains(&alloc_id)).then_some(())
+    });
+    assert_eq!(cl.runtime(&id)["stage"], "PAUSED");
+    assert!(cl.allocation().is_null());
+    cl.assert_secret_never_logged();
+}
+
+#[test]
+fn an_image_that_exits_is_a_runtime_error_with_its_code_and_log() {
+    let cl = Cluster::start("exits", "10.202.0.0/24");
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/crash:1",
+        &["/bin/sh", "-c", "echo boom key=$API_KEY; exit 3"],
+        "crash",
+    );
+    cl.import(&archive);
+    let id = cl.space("crash", "demo/crash:1", 60);
+    let runtime = cl.wait_stage(&id, "RUNTIME_ERROR", Duration::from_secs(90));
+    let message = runtime["errorMessage"].as_str().unwrap();
+    assert!(message.contains("exited with code 3"), "{message}");
+    assert!(
+        message.contains("boom key=***"),
+        "the log tail, redacted: {message}"
+    );
+    assert!(!runtime.to_string().contains(SECRET));
+    cl.wait(
+        Duration::from_secs(30),
+        "the failed container removed",
+        |c| {
+            (!c.containers()
+                .contains(cl.allocation()["id"].as_str().unwrap_or("-")))
+            .then_some(())
+        },
+    );
+    cl.assert_secret_never_logged();
+
+    // A restart places it again (a new allocation), and it fails the same way.
+    let before = cl.allocation()["id"].clone();
+    api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        &format!("/api/spaces/{id}/restart"),
+        None,
+    )
+    .unwrap();
+    cl.wait(
+        Duration::from_secs(60),
+        "a new allocation that failed",
+        |c| {
+            let a = c.allocation();
+            (a["id"] != before && a["phase"] == "failed").then_some(())
+        },
+    );
+}
+
+#[test]
+fn an_app_that_never_answers_fails_at_its_startup_timeout() {
+    let cl = Cluster::start("silent", "10.203.0.0/24");
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/silent:1",
+        &["/bin/sh", "-c", "echo waiting; exec busybox sleep 600"],
+        "silent",
+    );
+    cl.import(&archive);
+    let id = cl.space("silent", "demo/silent:1", 3);
+    let runtime = cl.wait_stage(&id, "RUNTIME_ERROR", Duration::from_secs(90));
+    let message = runtime["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("did not answer HTTP on port 8080 within its startup timeout of 3 s")
+            && message.contains("waiting"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_rotten_blob_is_refused_and_nothing_runs() {
+    let cl = Cluster::start("rotten", "10.204.0.0/24");
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/rotten:1",
+        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
+        "rotten",
+    );
+    cl.import(&archive);
+    // Flip the stored layer's bytes on the only coordinator: its blake3 check quarantines it, and no peer has a
+    // good copy.
+    let image = &api(&cl.c.api_url, &cl.admin, "GET", "/api/images", None).unwrap()[0];
+    let digest = image["layers"][0]["digest"].as_str().unwrap();
+    let path =
+        cl.c.data_dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[600] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let id = cl.space("rotten", "demo/rotten:1", 30);
+    let runtime = cl.wait_stage(&id, "RUNTIME_ERROR", Duration::from_secs(90));
+    let message = runtime["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains(digest) && message.contains("no coordinator has blob"),
+        "{message}"
+    );
+    assert!(
+        cl.c.data_dir
+            .join("blobs/quarantine")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 1
+    );
+    assert!(
+        !cl.containers()
+            .contains(cl.allocation()["id"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn bad_imports_and_unknown_images_are_refused_with_a_message() {
+    let cl = Cluster::start("bad", "10.205.0.0/24");
+    let junk = cl.dir.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar at all").unwrap();
+    let out = cl.cli(&["image", "import", junk.to_str().unwrap()]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("junk.tar"), "{out:?}");
+
+    api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        "/api/repos/create",
+        Some(json!({ "type": "space", "name": "x", "sdk": "docker" })),
+    )
+    .unwrap();
+    let out = cl.cli(&["space", "set-image", "admin/x", "nope:1", "--port", "80"]);
+    assert!(
+        out.code == Some(1) && out.stderr.contains("image `nope:1` not found"),
+        "{out:?}"
+    );
+    // Bytes that do not match their digest are refused, and nothing is stored.
+    let err = api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        "/api/images",
+        Some(
+            json!({ "name": "x:1", "config": format!("sha256:{}", "0".repeat(64)), "layers": [] }),
+        ),
+    )
+    .unwrap_err();
+    assert!(err.contains("not in the cluster's blob store"), "{err}");
+}

@@ -1,0 +1,265 @@
+//! Images in the cluster's store: blob upload (`HEAD`/`PUT /api/blobs/{digest}`, acknowledged once a quorum of
+//! coordinators holds the blob), image records (`POST /api/images`, `GET /api/images`) and Spaces that run a
+//! stored image (`PUT /api/spaces/{ns}/{name}/image`).
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Router, response::Json as JsonResponse};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use spacedock_coordinator_core::Command;
+use spacedock_coordinator_core::apply::check_image_name;
+use spacedock_coordinator_core::state::{Image, Role};
+use spacedock_shared::image::parse_config;
+use spacedock_shared::wire::Layer;
+use tokio::io::AsyncReadExt as _;
+use tokio_stream::StreamExt as _;
+
+use super::{Api, ApiError, Json, iso8601};
+use crate::blobs::digest_hex;
+
+/// Default `startupTimeout` in seconds (the Hub's default `startup_duration_timeout`, 30 minutes).
+const DEFAULT_STARTUP_TIMEOUT_S: u64 = 30 * 60;
+
+pub fn routes() -> Router<Api> {
+    Router::new()
+        .route(
+            "/api/blobs/{digest}",
+            put(upload_blob)
+                .head(head_blob)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/images", get(list).post(put_image))
+        .route("/api/spaces/{ns}/{name}/image", put(set_space_image))
+}
+
+/// Checks that the caller's token may store images (a write or admin token).
+async fn writer(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    api.read(headers, |_, p| match p {
+        None => Err(ApiError::unauthorized("a token is required")),
+        Some(p) if p.token.role == Role::Read => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "storing images needs a write token",
+        )),
+        Some(_) => Ok(()),
+    })
+    .await
+}
+
+fn bad_digest(e: anyhow::Error) -> ApiError {
+    ApiError::bad_request(format!("{e:#}"))
+}
+
+async fn head_blob(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    writer(&api, &headers).await?;
+    digest_hex(&digest).map_err(bad_digest)?;
+    Ok(match api.blobs.store.len(&digest) {
+        Some(size) => (StatusCode::OK, [("content-length", size.to_string())]).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    })
+}
+
+async fn upload_blob(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    writer(&api, &headers).await?;
+    digest_hex(&digest).map_err(bad_digest)?;
+    let size = match api.blobs.store.len(&digest) {
+        Some(size) => size,
+        None => {
+            let mut blob = api.blobs.store.writer(&digest).map_err(internal)?;
+            let mut stream = body.into_data_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request(format!("the upload of {digest} broke off: {e}"))
+                })?;
+                blob.write(&chunk).map_err(|e| internal(e.into()))?;
+            }
+            blob.finish()
+                .map_err(|e| ApiError::bad_request(format!("{e:#}")))?
+        }
+    };
+    let copies = api.blobs.replicate(&digest).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            format!("{e:#}"),
+        )
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "digest": digest, "size": size, "copies": copies })),
+    )
+        .into_response())
+}
+
+fn internal(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "blob store");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal",
+        format!("blob store: {e:#}"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerBody {
+    digest: String,
+    size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageBody {
+    name: String,
+    /// Digest of the image's OCI config blob.
+    config: String,
+    /// Uncompressed layer tars, bottom first.
+    layers: Vec<LayerBody>,
+}
+
+/// Records an image whose config and layers the store holds; the config's `rootfs.diff_ids` must name
+/// exactly these layers.
+async fn put_image(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Json(body): Json<ImageBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    check_image_name(&body.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    writer(&api, &headers).await?;
+    let missing = |digest: &str, e: anyhow::Error| {
+        ApiError::bad_request(format!(
+            "{digest} is not in the cluster's blob store; upload it first ({e:#})"
+        ))
+    };
+    api.blobs
+        .ensure(&body.config)
+        .await
+        .map_err(|e| missing(&body.config, e))?;
+    let bytes = match api.blobs.store.open(&body.config, 0).await {
+        Ok(Some((file, _))) => {
+            let mut bytes = Vec::new();
+            file.take(1 << 20)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| internal(e.into()))?;
+            bytes
+        }
+        Ok(None) => return Err(missing(&body.config, anyhow::anyhow!("it was quarantined"))),
+        Err(e) => return Err(internal(e)),
+    };
+    let (config, diff_ids) = parse_config(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("config {}: {e}", body.config)))?;
+    let layers: Vec<String> = body.layers.iter().map(|l| l.digest.clone()).collect();
+    if layers != diff_ids {
+        return Err(ApiError::bad_request(format!(
+            "layers {layers:?} are not the config's rootfs.diff_ids {diff_ids:?} (layers must be uncompressed \
+             tars, bottom first)"
+        )));
+    }
+    for (i, layer) in body.layers.iter().enumerate() {
+        let size = api
+            .blobs
+            .ensure(&layer.digest)
+            .await
+            .map_err(|e| missing(&layer.digest, e))?;
+        if size != layer.size {
+            return Err(ApiError::bad_request(format!(
+                "layers[{i}]: {} holds {size} bytes, not {}",
+                layer.digest, layer.size
+            )));
+        }
+    }
+    let image = Image {
+        name: body.name.clone(),
+        id: body.config.clone(),
+        config,
+        layers: body
+            .layers
+            .iter()
+            .map(|l| Layer {
+                digest: l.digest.clone(),
+                size: l.size,
+            })
+            .collect(),
+        created_at: 0,
+    };
+    let answer = image_json(&image);
+    api.write(&headers, Command::PutImage { image }).await?;
+    Ok(JsonResponse(answer))
+}
+
+fn image_json(image: &Image) -> Value {
+    json!({
+        "name": image.name,
+        "id": image.id,
+        "size": image.size(),
+        "layers": image.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+        "createdAt": iso8601(image.created_at),
+    })
+}
+
+async fn list(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let images = api
+        .read(&headers, |state, p| {
+            if p.is_none() {
+                return Err(ApiError::unauthorized("a token is required"));
+            }
+            Ok(state.images.values().map(image_json).collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(JsonResponse(Value::Array(images)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SpaceImageBody {
+    image: String,
+    port: u16,
+    /// Seconds; defaults to 30 minutes.
+    startup_timeout: Option<u64>,
+}
+
+async fn set_space_image(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    Json(body): Json<SpaceImageBody>,
+) -> Result<JsonResponse<Value>, ApiError> {
+    let id = format!("{ns}/{name}");
+    let command = Command::SetSpaceImage {
+        id: id.clone(),
+        name: body.image,
+        port: body.port,
+        startup_timeout_s: body.startup_timeout.unwrap_or(DEFAULT_STARTUP_TIMEOUT_S),
+    };
+    api.write(&headers, command).await?;
+    let runtime = api
+        .read(&headers, |state, _| {
+            let repo = state
+                .repo(spacedock_coordinator_core::state::RepoKind::Space, &id)
+                .ok_or_else(|| ApiError::repo_not_found(&id))?;
+            let space = repo
+                .space
+                .as_ref()
+                .ok_or_else(|| ApiError::repo_not_found(&id))?;
+            Ok(super::json::runtime(&api, space))
+        })
+        .await?;
+    Ok(JsonResponse(runtime))
+}

@@ -1,0 +1,458 @@
+//! The cluster's content-addressed blob store (image layers and configs today): every coordinator keeps blobs
+//! under `DATA_DIR/blobs/sha256/HEX`, keyed by their OCI sha256 digest and checked against it when written,
+//! with a blake3 sidecar (`HEX.b3`) the store checks before it serves a blob. A blob whose bytes no longer
+//! match its sidecar is moved to `quarantine/` and fetched again from a peer.
+//!
+//! A write is acknowledged once a quorum of coordinators holds the blob durably (this one plus pushes over
+//! QUIC); the remaining pushes finish in the background, and any coordinator missing a blob fetches it from
+//! a peer when asked for it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use sha2::Digest as _;
+use spacedock_net::blob::{recv_chunks, send_chunks};
+use spacedock_net::{FramedReader, send};
+use spacedock_shared::wire::{self, BlobHeader, BlobPut, BlobRequest, BlobStored};
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite};
+
+use crate::node::NodeHandle;
+use crate::peer::Peers;
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The hex part of a `sha256:HEX` digest, checked.
+pub fn digest_hex(digest: &str) -> anyhow::Result<&str> {
+    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+        anyhow!("`{digest}` is not a sha256 digest (`sha256:` and 64 hex digits)")
+    })?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        bail!("`{digest}` is not a sha256 digest (`sha256:` and 64 lowercase hex digits)");
+    }
+    Ok(hex)
+}
+
+/// Blobs on this coordinator's disk.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    pub fn new(root: &Path) -> anyhow::Result<BlobStore> {
+        for sub in ["sha256", "tmp", "quarantine"] {
+            std::fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating {}", root.join(sub).display()))?;
+        }
+        Ok(BlobStore {
+            root: root.to_owned(),
+        })
+    }
+
+    fn path(&self, digest: &str) -> anyhow::Result<PathBuf> {
+        Ok(self.root.join("sha256").join(digest_hex(digest)?))
+    }
+
+    fn sidecar(path: &Path) -> PathBuf {
+        path.with_extension("b3")
+    }
+
+    /// The blob's size when this coordinator holds it (its sidecar, written last, exists).
+    pub fn len(&self, digest: &str) -> Option<u64> {
+        let path = self.path(digest).ok()?;
+        if !BlobStore::sidecar(&path).exists() {
+            return None;
+        }
+        std::fs::metadata(&path).ok().map(|m| m.len())
+    }
+
+    /// Starts writing a blob that must hash to `digest`.
+    pub fn writer(&self, digest: &str) -> anyhow::Result<BlobWriter> {
+        let dest = self.path(digest)?;
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{:016x}",
+            digest_hex(digest)?,
+            rand::random::<u64>()
+        ));
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(BlobWriter {
+            file,
+            tmp,
+            dest,
+            digest: digest.to_owned(),
+            sha: sha2::Sha256::new(),
+            b3: blake3::Hasher::new(),
+            written: 0,
+        })
+    }
+
+    /// Whether the blob's bytes still match its blake3 sidecar; a blob that does not is quarantined.
+    pub async fn check(&self, digest: &str) -> anyhow::Result<bool> {
+        let path = self.path(digest)?;
+        let quarantine = self.root.join("quarantine");
+        tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let sidecar = BlobStore::sidecar(&path);
+            let want = match std::fs::read_to_string(&sidecar) {
+                Ok(s) => s.trim().to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e).context(format!("reading {}", sidecar.display())),
+            };
+            let mut hasher = blake3::Hasher::new();
+            let ok = std::fs::File::open(&path)
+                .and_then(|f| hasher.update_reader(f).map(|_| ()))
+                .is_ok()
+                && hasher.finalize().to_hex().as_str() == want;
+            if !ok {
+                let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+                tracing::error!(blob = %path.display(), "blob does not match its blake3 sidecar; quarantined");
+                let _ = std::fs::remove_file(&sidecar);
+                let _ = std::fs::rename(&path, quarantine.join(name));
+            }
+            Ok(ok)
+        })
+        .await
+        .context("checking a blob")?
+    }
+
+    /// Opens a checked blob at `offset`; `None` when it is missing or was quarantined.
+    pub async fn open(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> anyhow::Result<Option<(tokio::fs::File, u64)>> {
+        if !self.check(digest).await? {
+            return Ok(None);
+        }
+        let path = self.path(digest)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let size = file.metadata().await?.len();
+        if offset > size {
+            bail!("offset {offset} is past the end of {digest} ({size} bytes)");
+        }
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
+        Ok(Some((file, size)))
+    }
+}
+
+/// A blob being written: bytes go to a temporary file; `finish` checks the digest and moves it in place.
+#[derive(Debug)]
+pub struct BlobWriter {
+    file: std::fs::File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    digest: String,
+    sha: sha2::Sha256,
+    b3: blake3::Hasher,
+    written: u64,
+}
+
+impl BlobWriter {
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sha.update(bytes);
+        self.b3.update(bytes);
+        self.written += bytes.len() as u64;
+        self.file.write_all(bytes)
+    }
+
+    /// Checks the bytes against the digest, makes them durable and visible; returns the size.
+    pub fn finish(self) -> anyhow::Result<u64> {
+        let got = format!("sha256:{}", hex::encode(self.sha.clone().finalize()));
+        let result = self.commit(&got);
+        let _ = std::fs::remove_file(&self.tmp);
+        result
+    }
+
+    fn commit(&self, got: &str) -> anyhow::Result<u64> {
+        if got != self.digest {
+            bail!(
+                "the bytes do not match their digest: expected {}, got {got} ({} bytes)",
+                self.digest,
+                self.written
+            );
+        }
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("moving a blob to {}", self.dest.display()))?;
+        let sidecar = BlobStore::sidecar(&self.dest);
+        let tmp_sidecar = self.tmp.with_extension("b3");
+        let mut f = std::fs::File::create(&tmp_sidecar)?;
+        f.write_all(self.b3.finalize().to_hex().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp_sidecar, &sidecar)?;
+        if let Some(dir) = self.dest.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(self.written)
+    }
+}
+
+/// The store and its replication across coordinators.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    pub store: BlobStore,
+    peers: Option<Peers>,
+    node: NodeHandle,
+}
+
+impl Blobs {
+    pub fn new(store: BlobStore, peers: Option<Peers>, node: NodeHandle) -> Arc<Blobs> {
+        Arc::new(Blobs { store, peers, node })
+    }
+
+    fn other_members(&self) -> Vec<u64> {
+        let me = self.node.status().id;
+        self.node
+            .read_local(|s| s.members.keys().copied().filter(|id| *id != me).collect())
+    }
+
+    /// Pushes a blob this coordinator holds to the others; returns once a quorum (counting this one) holds
+    /// it. The other pushes go on in the background.
+    pub async fn replicate(self: &Arc<Self>, digest: &str) -> anyhow::Result<usize> {
+        let others = self.other_members();
+        let members = others.len() + 1;
+        let quorum = members / 2 + 1;
+        let need = quorum - 1;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for peer in others.iter().copied() {
+            let blobs = self.clone();
+            let digest = digest.to_owned();
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let result = blobs.push(peer, &digest).await;
+                if let Err(e) = &result {
+                    tracing::warn!(peer, digest, error = %format!("{e:#}"), "could not replicate a blob");
+                }
+                let _ = done_tx.send((peer, result));
+            });
+        }
+        drop(done_tx);
+        let (mut ok, mut failures) = (0usize, Vec::new());
+        while ok < need {
+            match done_rx.recv().await {
+                Some((_, Ok(()))) => ok += 1,
+                Some((peer, Err(e))) => failures.push(format!("coordinator {peer}: {e:#}")),
+                None => bail!(
+                    "only {} of {} coordinators hold {digest}, a quorum needs {quorum}: {}",
+                    ok + 1,
+                    others.len() + 1,
+                    failures.join("; ")
+                ),
+            }
+        }
+        Ok(ok + 1)
+    }
+
+    async fn push(&self, peer: u64, digest: &str) -> anyhow::Result<()> {
+        let peers = self.peers.as_ref().ok_or_else(|| anyhow!("no peers"))?;
+        let (mut file, size) = self
+            .store
+            .open(digest, 0)
+            .await?
+            .ok_or_else(|| anyhow!("{digest} is not here to push"))?;
+        let work = async {
+            let (mut tx, mut rx) = peers.open(peer).await?;
+            let put = BlobPut {
+                digest: digest.to_owned(),
+                size,
+            };
+            send(&mut tx, &put.into()).await?;
+            send_chunks(&mut tx, &mut file).await?;
+            match rx.recv().await? {
+                Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
+                Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
+                other => Err(anyhow!("unexpected answer to a blob push: {other:?}")),
+            }
+        };
+        tokio::time::timeout(PEER_TIMEOUT, work)
+            .await
+            .map_err(|_| anyhow!("no answer within {PEER_TIMEOUT:?}"))?
+    }
+
+    /// Makes sure this coordinator holds a good copy of the blob, fetching it from a peer if not; returns its
+    /// size.
+    pub async fn ensure(&self, digest: &str) -> anyhow::Result<u64> {
+        digest_hex(digest)?;
+        if self.store.len(digest).is_some() && self.store.check(digest).await? {
+            return self
+                .store
+                .len(digest)
+                .ok_or_else(|| anyhow!("{digest} vanished"));
+        }
+        let mut errors = Vec::new();
+        for peer in self.other_members() {
+            match self.fetch_from(peer, digest).await {
+                Ok(size) => {
+                    tracing::info!(peer, digest, size, "fetched a blob from a peer");
+                    return Ok(size);
+                }
+                Err(e) => errors.push(format!("coordinator {peer}: {e:#}")),
+            }
+        }
+        bail!(
+            "no coordinator has blob {digest}{}",
+            if errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", errors.join("; "))
+            }
+        )
+    }
+
+    async fn fetch_from(&self, peer: u64, digest: &str) -> anyhow::Result<u64> {
+        let peers = self.peers.as_ref().ok_or_else(|| anyhow!("no peers"))?;
+        let work = async {
+            let (mut tx, mut rx) = peers.open(peer).await?;
+            let request = BlobRequest {
+                digest: digest.to_owned(),
+                offset: 0,
+            };
+            send(&mut tx, &request.into()).await?;
+            match rx.recv().await? {
+                Some(wire::Message::BlobHeader(h)) if h.found => {}
+                Some(wire::Message::BlobHeader(h)) => bail!("{}", h.message),
+                other => bail!("unexpected answer to a blob request: {other:?}"),
+            }
+            let mut writer = self.store.writer(digest)?;
+            recv_chunks(&mut rx, |bytes| writer.write(bytes)).await?;
+            writer.finish()
+        };
+        tokio::time::timeout(PEER_TIMEOUT, work)
+            .await
+            .map_err(|_| anyhow!("no answer within {PEER_TIMEOUT:?}"))?
+    }
+
+    /// Answers a `BlobRequest` (from an agent or a peer): the header, then the bytes from the offset. A
+    /// coordinator that lacks the blob asks its peers first, unless the request comes from a peer.
+    pub async fn serve<W: AsyncWrite + Unpin>(
+        &self,
+        request: BlobRequest,
+        tx: &mut W,
+        from_peer: bool,
+    ) {
+        let found = if from_peer {
+            Ok(())
+        } else {
+            self.ensure(&request.digest).await.map(|_| ())
+        };
+        let opened = match found {
+            Ok(()) => self.store.open(&request.digest, request.offset).await,
+            Err(e) => Err(e),
+        };
+        let header = |found, size, message: String| BlobHeader {
+            found,
+            size,
+            message,
+        };
+        match opened {
+            Ok(Some((mut file, size))) => {
+                if send(tx, &header(true, size, String::new()).into())
+                    .await
+                    .is_ok()
+                    && let Err(e) = send_chunks(tx, &mut file).await
+                {
+                    tracing::debug!(digest = request.digest, error = %e, "blob transfer cut");
+                }
+            }
+            Ok(None) => {
+                let message = format!("blob {} is not here", request.digest);
+                let _ = send(tx, &header(false, 0, message).into()).await;
+            }
+            Err(e) => {
+                let _ = send(tx, &header(false, 0, format!("{e:#}")).into()).await;
+            }
+        }
+    }
+
+    /// Receives a blob a peer pushes and answers whether it is stored.
+    pub async fn receive<R, W>(&self, put: BlobPut, rx: &mut FramedReader<R>, tx: &mut W)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let result = async {
+            let mut writer = self.store.writer(&put.digest)?;
+            recv_chunks(rx, |bytes| writer.write(bytes)).await?;
+            writer.finish()
+        }
+        .await;
+        let stored = match result {
+            Ok(_) => BlobStored {
+                ok: true,
+                message: String::new(),
+            },
+            Err(e) => BlobStored {
+                ok: false,
+                message: format!("{e:#}"),
+            },
+        };
+        let _ = send(tx, &stored.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    #[tokio::test]
+    async fn blobs_are_checked_on_write_and_quarantined_when_they_rot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path()).unwrap();
+        let d = digest(b"hello");
+        let mut w = store.writer(&d).unwrap();
+        w.write(b"hel").unwrap();
+        w.write(b"lo").unwrap();
+        assert_eq!(w.finish().unwrap(), 5);
+        assert_eq!(store.len(&d), Some(5));
+        assert!(store.check(&d).await.unwrap());
+        let (_, size) = store.open(&d, 2).await.unwrap().unwrap();
+        assert_eq!(size, 5);
+
+        let other = digest(b"other");
+        let mut w = store.writer(&other).unwrap();
+        w.write(b"not other").unwrap();
+        let err = w.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("do not match") && err.contains(&other),
+            "{err}"
+        );
+        assert_eq!(store.len(&other), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+
+        let path = dir.path().join("sha256").join(digest_hex(&d).unwrap());
+        std::fs::write(&path, b"jello").unwrap();
+        assert!(!store.check(&d).await.unwrap());
+        assert_eq!(store.len(&d), None);
+        assert!(store.open(&d, 0).await.unwrap().is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("quarantine"))
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn digests_are_checked() {
+        assert!(digest_hex("sha256:abc").is_err());
+        assert!(digest_hex(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(digest_hex(&format!("md5:{}", "a".repeat(64))).is_err());
+        assert!(digest_hex(&format!("sha256:{}", "a".repeat(64))).is_ok());
+    }
+}
