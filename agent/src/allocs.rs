@@ -32,6 +32,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(10);
 const CHECK_FAILURES: u32 = 3;
 /// Bytes of the log's end quoted in a failure.
 const TAIL_BYTES: u64 = 2048;
+/// A run log past this size is rotated: copied to `run.log.1` (replacing the previous one) and emptied.
+pub const LOG_ROTATE_BYTES: u64 = 1 << 20;
 
 /// What the runner needs from the node.
 #[derive(Debug, Clone)]
@@ -45,6 +47,7 @@ pub struct RunnerConfig {
 #[derive(Debug)]
 struct Running {
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The allocations of this node.
@@ -58,6 +61,8 @@ pub struct Runner {
     slots: Mutex<BTreeSet<u32>>,
     /// The last report per allocation, re-sent after a reconnect.
     last: Mutex<HashMap<String, AllocationStatus>>,
+    /// Where each started container's app listens.
+    targets: Mutex<HashMap<String, (Ipv4Addr, u16)>>,
     cleaned: Mutex<bool>,
 }
 
@@ -79,6 +84,7 @@ impl Runner {
             running: Mutex::new(HashMap::new()),
             slots: Mutex::new(BTreeSet::new()),
             last: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
             cleaned: Mutex::new(false),
         };
         (Arc::new(runner), rx)
@@ -98,6 +104,17 @@ impl Runner {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.config.data_dir.join("allocs").join(id)
+    }
+
+    /// The app's address and port of a started allocation.
+    pub fn target(&self, id: &str) -> Option<(Ipv4Addr, u16)> {
+        lock(&self.targets).get(id).copied()
+    }
+
+    /// The run log of an allocation this agent has.
+    pub fn log_path(&self, id: &str) -> Option<PathBuf> {
+        let path = self.dir(id).join("run.log");
+        (lock(&self.running).contains_key(id) && path.exists()).then_some(path)
     }
 
     /// The last report of each live allocation.
@@ -129,6 +146,10 @@ impl Runner {
                 tracing::info!(allocation = id, "no longer assigned; stopping");
                 let _ = r.stop.send(true);
                 lock(&self.last).remove(id);
+                if r.task.is_finished() {
+                    // A failed allocation kept its files (the log) until now.
+                    let _ = std::fs::remove_dir_all(self.dir(id));
+                }
             }
             keep
         });
@@ -137,9 +158,10 @@ impl Runner {
                 continue;
             }
             let (stop, stopped) = watch::channel(false);
-            running.insert(a.id.clone(), Running { stop });
             let runner = self.clone();
-            tokio::spawn(async move { runner.run(a, stopped).await });
+            let id = a.id.clone();
+            let task = tokio::spawn(async move { runner.run(a, stopped).await });
+            running.insert(id, Running { stop, task });
         }
     }
 
@@ -195,7 +217,12 @@ impl Runner {
             _ = stop.changed() => Err(anyhow!("stopped while starting")),
         };
         let outcome = match started {
-            Ok(address) => self.watch(&a, address, &dir, &mut stop).await,
+            Ok(address) => {
+                lock(&self.targets).insert(a.id.clone(), (address, a.port));
+                let outcome = self.watch(&a, address, &dir, &mut stop).await;
+                lock(&self.targets).remove(&a.id);
+                outcome
+            }
             Err(e) => Err(format!("{e:#}")),
         };
         if let Err(message) = outcome
@@ -290,6 +317,7 @@ impl Runner {
                 _ = stop.changed() => return Ok(()),
                 _ = tokio::time::sleep(pause) => {}
             }
+            rotate_log(&dir.join("run.log"), LOG_ROTATE_BYTES);
             let ok = answers_http(address, a.port).await;
             match (answered, ok) {
                 (false, true) => {
@@ -350,6 +378,20 @@ async fn answers_http(address: Ipv4Addr, port: u16) -> bool {
         tokio::time::timeout(Duration::from_secs(2), probe).await,
         Ok(Ok(true))
     )
+}
+
+/// Keeps a log bounded: past `max` bytes its content moves to `NAME.1` and it starts again empty. The writer
+/// (containerd's shim) appends, so it carries on at the new end.
+fn rotate_log(log: &Path, max: u64) {
+    if std::fs::metadata(log).map_or(0, |m| m.len()) <= max {
+        return;
+    }
+    let rotated = log.with_extension("log.1");
+    if std::fs::copy(log, &rotated).is_ok()
+        && let Ok(file) = std::fs::OpenOptions::new().write(true).open(log)
+    {
+        let _ = file.set_len(0);
+    }
 }
 
 /// The message with the end of the log.
@@ -478,6 +520,22 @@ mod tests {
         assert_eq!(s.cwd, "/");
         assert_eq!(s.flavor.memory_gib, 16);
         assert!(spec::environment(&s).contains(&"API_KEY=s3cr3t-value".to_owned()));
+    }
+
+    #[test]
+    fn logs_rotate_past_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        std::fs::write(&log, "small").unwrap();
+        rotate_log(&log, 10);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "small");
+        std::fs::write(&log, "x".repeat(11)).unwrap();
+        rotate_log(&log, 10);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("run.log.1")).unwrap(),
+            "x".repeat(11)
+        );
     }
 
     #[test]

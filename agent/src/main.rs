@@ -6,6 +6,7 @@ mod containerd;
 mod fetch;
 mod inventory;
 mod network;
+mod proxy;
 mod runtime;
 mod session;
 mod spec;

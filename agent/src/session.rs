@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::allocs::Runner;
 use crate::config::AgentConfig;
+use crate::proxy;
 use crate::{inventory, runtime};
 
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -174,7 +175,11 @@ impl Link<'_> {
         reports: &mut mpsc::UnboundedReceiver<AllocationStatus>,
     ) -> anyhow::Result<Outcome> {
         let (config, name) = (self.config, self.name);
-        let spacedock_net::Dialed { mut tx, mut rx, .. } = spacedock_net::dial(
+        let spacedock_net::Dialed {
+            connection,
+            mut tx,
+            mut rx,
+        } = spacedock_net::dial(
             self.endpoint,
             self.client_config,
             target,
@@ -202,8 +207,10 @@ impl Link<'_> {
             send(&mut tx, &status.into()).await?;
         }
         let (mut incoming, reader) = spacedock_net::forward(rx);
+        let streams = tokio::spawn(proxy::serve(connection, self.runner.clone()));
         let outcome = self.serve(&mut tx, &mut incoming, reports).await;
         reader.abort();
+        streams.abort();
         Ok(outcome)
     }
 

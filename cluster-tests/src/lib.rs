@@ -169,6 +169,17 @@ impl Coordinator {
 
     /// Starts coordinator `id` joining through `via` with a join token; returns once the join finished.
     pub fn join(dir: &Path, id: u64, via: &Coordinator, admin_token: &str) -> Coordinator {
+        Coordinator::join_with(dir, id, via, admin_token, &[])
+    }
+
+    /// `join` with extra flags (e.g. `--config FILE`).
+    pub fn join_with(
+        dir: &Path,
+        id: u64,
+        via: &Coordinator,
+        admin_token: &str,
+        extra: &[&str],
+    ) -> Coordinator {
         let created = api(
             &via.api_url,
             admin_token,
@@ -181,7 +192,9 @@ impl Coordinator {
             .unwrap()
             .to_owned();
         let join = via.quic_addr.clone();
-        let c = Coordinator::first_start(dir, id, &["--join", &join, "--token", &token]);
+        let mut args = vec!["--join", join.as_str(), "--token", token.as_str()];
+        args.extend_from_slice(extra);
+        let c = Coordinator::first_start(dir, id, &args);
         let started = Instant::now();
         while !c.log_text().contains("joined cluster") {
             assert!(
@@ -538,4 +551,34 @@ pub fn busybox_image(dir: &Path, name: &str, cmd: &[&str], marker: &str) -> Path
     }
     archive.finish().unwrap();
     path
+}
+
+/// `GET path` with `Host: host` to `base` (`http://ADDR`), over a plain HTTP/1.1 connection (so the `Host`
+/// header is exactly the one given). Returns the status and the body.
+pub fn http_get(base: &str, host: &str, path: &str) -> std::result::Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream =
+        std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
 }

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spacedock_cluster_tests::{Agent, Coordinator, api, busybox_image, run, test_containerd};
+use spacedock_cluster_tests::{
+    Agent, Coordinator, api, busybox_image, http_get, run, run_python, test_containerd,
+};
 
 /// A coordinator with a small test flavor and one agent, both ready.
 struct Cluster {
@@ -35,12 +37,31 @@ disk_gib = 1
 price_per_hour = "0.01"
 "#;
 
+/// A temporary dir with the coordinator config that adds the test flavor.
+fn config_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(&config, FLAVORS).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    (dir, config)
+}
+
 impl Cluster {
     fn start(test: &str, subnet: &str) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("coordinator.toml");
-        std::fs::write(&config, FLAVORS).unwrap();
-        let c = Coordinator::bootstrap_with(dir.path(), &["--config", config.to_str().unwrap()]);
+        let (dir, config) = config_dir();
+        let c = Coordinator::bootstrap_with(dir.path(), &["--config", &config]);
+        let join = c.quic_addr.clone();
+        Cluster::with_agent(dir, c, test, subnet, &join)
+    }
+
+    /// Adds an agent dialing `join` (its own containerd namespace and subnet) and waits until it is ready.
+    fn with_agent(
+        dir: tempfile::TempDir,
+        c: Coordinator,
+        test: &str,
+        subnet: &str,
+        join: &str,
+    ) -> Cluster {
         let admin = c.admin_token();
         let token = api(
             &c.api_url,
@@ -54,7 +75,7 @@ impl Cluster {
         let agent = Agent::start(
             dir.path(),
             &format!("run-{test}"),
-            &c.quic_addr,
+            join,
             token["token"].as_str(),
             &[
                 "--container-subnet",
@@ -184,6 +205,20 @@ impl Cluster {
         nodes[0]["allocations"][0].clone()
     }
 
+    /// The Space's run log as `fetch_space_logs` returns it, asked of coordinator `via`.
+    fn logs(&self, via: &Coordinator, id: &str) -> String {
+        let out = run_python(
+            "space_logs.py",
+            &[
+                ("HF_ENDPOINT", &via.api_url),
+                ("HF_TOKEN", &self.admin),
+                ("SPACE", id),
+            ],
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        out.stdout
+    }
+
     fn assert_secret_never_logged(&self) {
         for (who, log) in [
             ("agent", self.agent.log_text()),
@@ -213,7 +248,7 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
         &[
             "/bin/sh",
             "-c",
-            "echo starting as $(busybox id -u) MODE=$MODE; exec busybox httpd -f -v -p 8080 -h /www",
+            "echo starting as $(busybox id -u) MODE=$MODE key=$API_KEY; exec busybox httpd -f -v -p 8080 -h /www",
         ],
         "hello from runs",
     );
@@ -250,6 +285,20 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
     .unwrap();
     assert!(log.contains("starting as 1000 MODE=test"), "{log}");
 
+    // Through the ingress: the Space's host on the API port reaches the app.
+    let (status, body) = http_get(&cl.c.api_url, "admin-web.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("hello from runs"), "{body}");
+    let (status, _) = http_get(&cl.c.api_url, "nobody-here.localhost", "/").unwrap();
+    assert_eq!(status, 404);
+    // The run log through the real huggingface_hub client, the secret redacted.
+    let logs = cl.logs(&cl.c, &id);
+    assert!(
+        logs.contains("starting as 1000 MODE=test key=***"),
+        "{logs}"
+    );
+    assert!(!logs.contains(SECRET), "{logs}");
+
     // kill -9 and restart of the agent: the same container is adopted, and the Space stays RUNNING.
     let mut agent = cl.agent;
     agent.kill();
@@ -282,6 +331,11 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
     });
     assert_eq!(cl.runtime(&id)["stage"], "PAUSED");
     assert!(cl.allocation().is_null());
+    let (status, body) = http_get(&cl.c.api_url, "admin-web.localhost", "/").unwrap();
+    assert!(
+        status == 503 && body.contains("admin/web is paused"),
+        "{status} {body}"
+    );
     cl.assert_secret_never_logged();
 }
 
@@ -431,4 +485,43 @@ fn bad_imports_and_unknown_images_are_refused_with_a_message() {
     )
     .unwrap_err();
     assert!(err.contains("not in the cluster's blob store"), "{err}");
+}
+
+#[test]
+fn a_space_answers_through_every_coordinator() {
+    let (dir, config) = config_dir();
+    let flags = ["--config", config.as_str()];
+    let c1 = Coordinator::bootstrap_with(dir.path(), &flags);
+    let admin = c1.admin_token();
+    let c2 = Coordinator::join_with(dir.path(), 2, &c1, &admin, &flags);
+    let c3 = Coordinator::join_with(dir.path(), 3, &c1, &admin, &flags);
+    // The agent dials a follower first: it is sent to the leader.
+    let join = format!("{},{}", c2.quic_addr, c1.quic_addr);
+    let cl = Cluster::with_agent(dir, c1, "every", "10.206.0.0/24", &join);
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/every:1",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo every starts; exec busybox httpd -f -p 8080 -h /www",
+        ],
+        "hello from every coordinator",
+    );
+    // Imported through a follower: the blobs are on a quorum before the import is acknowledged.
+    let out = run(
+        "spacedock",
+        &["image", "import", archive.to_str().unwrap()],
+        &[("HF_ENDPOINT", &c3.api_url), ("HF_TOKEN", &cl.admin)],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let id = cl.space("every", "demo/every:1", 60);
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
+    for c in [&cl.c, &c2, &c3] {
+        let (status, body) = http_get(&c.api_url, "admin-every.localhost", "/").unwrap();
+        assert_eq!(status, 200, "through coordinator {}: {body}", c.id);
+        assert!(body.contains("hello from every coordinator"), "{body}");
+    }
+    let logs = cl.logs(&c3, &id);
+    assert!(logs.contains("every starts"), "through a follower: {logs}");
 }

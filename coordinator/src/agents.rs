@@ -65,8 +65,13 @@ fn leader_addr(node: &NodeHandle) -> String {
 /// Serves one agent stream; `name` is the node name from its certificate. A stream that opens with a
 /// `BlobRequest` fetches a blob (from any coordinator); one that opens with the inventory is the agent's session
 /// with the leader.
-pub async fn session<R, W>(authority: &Authority, name: &str, mut rx: FramedReader<R>, mut tx: W)
-where
+pub async fn session<R, W>(
+    authority: &Authority,
+    name: &str,
+    connection: quinn::Connection,
+    mut rx: FramedReader<R>,
+    mut tx: W,
+) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     W: tokio::io::AsyncWrite + Unpin,
 {
@@ -115,6 +120,7 @@ where
         return;
     }
     let (mut incoming, reader) = spacedock_net::forward(rx);
+    let link = authority.links.register(name, connection);
     let mut sent: Option<Vec<Assignment>> = None;
     let mut tick = tokio::time::interval(ASSIGNMENT_CHECK);
     loop {
@@ -145,6 +151,7 @@ where
         }
     }
     reader.abort();
+    authority.links.unregister(name, link);
 }
 
 /// Handles one message of a registered agent; `false` ends the session.

@@ -48,6 +48,8 @@ pub struct Authority {
     pub liveness: std::sync::Arc<crate::agents::Liveness>,
     /// The blob store, for replication between coordinators and fetches by agents.
     pub blobs: std::sync::Arc<crate::blobs::Blobs>,
+    /// The agents connected here, for streams back to them.
+    pub links: std::sync::Arc<crate::links::Links>,
     /// `APPS_DOMAIN[:PORT]`, for the Spaces' `SPACE_HOST`.
     pub apps_host: String,
 }

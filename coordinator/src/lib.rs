@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod config;
 pub mod engine;
 pub mod join;
+pub mod links;
 pub mod node;
 pub mod peer;
 pub mod quic_server;

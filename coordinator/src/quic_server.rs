@@ -53,11 +53,15 @@ async fn handle_connection(
         };
         let authority = authority.clone();
         let peer = peer.clone();
-        tokio::spawn(handle_stream(tx, rx, peer, authority).instrument(tracing::Span::current()));
+        let connection = connection.clone();
+        tokio::spawn(
+            handle_stream(connection, tx, rx, peer, authority).instrument(tracing::Span::current()),
+        );
     }
 }
 
 async fn handle_stream(
+    connection: quinn::Connection,
     mut tx: quinn::SendStream,
     rx: quinn::RecvStream,
     peer: Option<String>,
@@ -85,7 +89,7 @@ async fn handle_stream(
         }
         (Role::Agent, Some(name)) if name.starts_with("agent-") => {
             let node_name = name.trim_start_matches("agent-").to_owned();
-            agents::session(&authority, &node_name, reader, tx).await
+            agents::session(&authority, &node_name, connection, reader, tx).await
         }
         (_, None) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
             Ok(Ok(Some(wire::Message::JoinRequest(request)))) if request.role == hello.role => {

@@ -153,6 +153,7 @@ pub async fn run(
         key_pem: std::fs::read_to_string(dir.tls().join("ca.key")).context("reading the CA key")?,
     };
     let liveness = Arc::new(crate::agents::Liveness::default());
+    let links = Arc::new(crate::links::Links::default());
     let blobs = Blobs::new(
         BlobStore::new(&dir.blobs())?,
         Some(peers.clone()),
@@ -164,6 +165,7 @@ pub async fn run(
         node: node.clone(),
         liveness: liveness.clone(),
         blobs: blobs.clone(),
+        links: links.clone(),
         apps_host: match config.public_port() {
             Some(port) if port != 80 => format!("{}:{port}", config.apps_domain),
             _ => config.apps_domain.clone(),
@@ -199,6 +201,7 @@ pub async fn run(
         peers: Some(peers),
         ca_fingerprint: authority.ca_fingerprint.clone(),
         blobs,
+        links,
     };
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

@@ -110,6 +110,7 @@ fn start(
             Some(peers.clone()),
             handle.clone(),
         ),
+        links: Default::default(),
         apps_host: "localhost".into(),
     };
     tokio::spawn(quic_server::serve(endpoint, Arc::new(authority)));

@@ -354,6 +354,28 @@ pub struct AllocationStatus {
     pub message: String,
 }
 
+/// The coordinator's ingress asks the agent for a byte pipe to an allocation's app port; after `Ready` the
+/// stream carries raw bytes both ways.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TunnelOpen {
+    pub allocation: String,
+}
+
+/// The answer to `TunnelOpen` or `LogFollow`: raw bytes follow when `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Ready {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Asks the agent for an allocation's run log: the last `tail_bytes`, then what is appended, as raw bytes after
+/// `Ready`, until the stream is closed.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LogFollow {
+    pub allocation: String,
+    pub tail_bytes: u64,
+}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -419,6 +441,9 @@ messages! {
     19 => BlobStored,
     20 => Assignments,
     21 => AllocationStatus,
+    22 => TunnelOpen,
+    23 => Ready,
+    24 => LogFollow,
 }
 
 /// Encodes a message as one frame.
@@ -482,6 +507,11 @@ impl FrameDecoder {
     }
 
     /// Call at end of stream: an error if a partial frame is left.
+    /// Takes the bytes buffered past the last whole message (a stream that switches from frames to raw bytes).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     pub fn finish(&self) -> Result<(), WireError> {
         if self.buf.is_empty() {
             Ok(())
@@ -728,7 +758,7 @@ mod tests {
         }
 
         #[test]
-        fn random_payloads_of_every_kind_never_panic(kind in 0u16..24, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn random_payloads_of_every_kind_never_panic(kind in 0u16..28, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Message::decode(kind, &payload);
         }
 

@@ -7,7 +7,9 @@
 
 mod cluster;
 mod images;
+mod ingress;
 mod json;
+mod logs;
 mod repos;
 mod spaces;
 
@@ -47,6 +49,8 @@ pub struct Api {
     pub ca_fingerprint: String,
     /// The cluster's blob store (image layers and configs).
     pub blobs: Arc<crate::blobs::Blobs>,
+    /// The agents connected to this coordinator (for the ingress and run logs).
+    pub links: Arc<crate::links::Links>,
     /// Wall clock in ms; a function so tests can pin it.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -73,8 +77,13 @@ pub fn router(api: Api) -> Router {
         .merge(spaces::routes())
         .merge(cluster::routes())
         .merge(images::routes())
+        .merge(logs::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            ingress::route,
+        ))
         .with_state(api)
 }
 

@@ -73,6 +73,12 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
     pub fn into_inner(self) -> R {
         self.inner
     }
+
+    /// The stream and the bytes read past the last message, for a stream that carries raw bytes from here on.
+    pub fn into_parts(mut self) -> (R, Vec<u8>) {
+        let buffered = self.decoder.take_buffered();
+        (self.inner, buffered)
+    }
 }
 
 /// Writes one message as a frame.

@@ -1,0 +1,234 @@
+//! The ingress: requests whose `Host` is `SUBDOMAIN.APPS_DOMAIN[:PORT]` go to that Space's app instead of the
+//! API. The coordinator that holds the agent's link (the leader) opens a tunnel stream to the agent and speaks
+//! HTTP/1.1 to the app over it, streaming both bodies; a follower passes the request to the leader's ingress.
+//! Upgrades (websockets) are piped both ways. A Space that does not run answers a short page saying why.
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxumState};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use spacedock_coordinator_core::access::can_see;
+use spacedock_coordinator_core::state::{AllocationPhase, Stage};
+use spacedock_shared::wire::TunnelOpen;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+
+use super::Api;
+
+/// Marks a request one coordinator already passed on, so it is never passed on again.
+const FORWARDED: &str = "x-spacedock-forwarded";
+
+/// The subdomain a `Host` names under the apps domain, if it does.
+fn subdomain<'a>(host: &'a str, apps_domain: &str) -> Option<&'a str> {
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let label = host.strip_suffix(apps_domain)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some(label)
+}
+
+/// Middleware: Space hosts go to the ingress, everything else to the API.
+pub async fn route(AxumState(api): AxumState<Api>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match subdomain(&host, &api.apps_domain) {
+        Some(sub) => {
+            let sub = sub.to_owned();
+            serve(api, &sub, request).await
+        }
+        None => next.run(request).await,
+    }
+}
+
+/// Where the Space's traffic goes.
+enum Target {
+    Agent { node: String, allocation: String },
+    Page(StatusCode, String),
+}
+
+async fn serve(api: Api, sub: &str, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let target = api
+        .read(&headers, |state, p| {
+            let not_found = || Target::Page(StatusCode::NOT_FOUND, format!("No Space at {sub}."));
+            let Some(repo) = state
+                .subdomains
+                .get(sub)
+                .and_then(|key| state.repos.get(key))
+            else {
+                return Ok(not_found());
+            };
+            if !can_see(state, p, repo) {
+                return Ok(not_found());
+            }
+            let Some(space) = &repo.space else {
+                return Ok(not_found());
+            };
+            let live = state.allocations.values().find(|a| {
+                state.repos.get(&a.space).is_some_and(|r| r.uid == repo.uid)
+                    && a.phase == AllocationPhase::Running
+            });
+            Ok(match (space.stage, live) {
+                (Stage::Running, Some(a)) => Target::Agent {
+                    node: a.node.clone(),
+                    allocation: a.id.clone(),
+                },
+                (Stage::Paused, _) => Target::Page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{} is paused. Its owner can restart it.", repo.id),
+                ),
+                (stage, _) => {
+                    let why = space
+                        .error_message
+                        .as_deref()
+                        .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
+                        .unwrap_or_default();
+                    Target::Page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{} is {}{why}", repo.id, stage.as_str()),
+                    )
+                }
+            })
+        })
+        .await;
+    match target {
+        Ok(Target::Agent { node, allocation }) => {
+            if api.links.has(&node) {
+                tunnel(&api, &node, allocation, request).await
+            } else {
+                via_leader(&api, request).await
+            }
+        }
+        Ok(Target::Page(status, text)) => page(status, &text),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn page(status: StatusCode, text: &str) -> Response {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>spacedock</title></head>\
+         <body><p>{escaped}</p></body></html>\n"
+    );
+    let mut response = (status, html).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+fn bad_gateway(what: &str, e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "ingress: {what}");
+    page(StatusCode::BAD_GATEWAY, &format!("{what}: {e}"))
+}
+
+async fn tunnel(api: &Api, node: &str, allocation: String, request: Request) -> Response {
+    let opened = api.links.open(node, TunnelOpen { allocation }.into()).await;
+    match opened {
+        Ok((tx, rx, buffered)) => {
+            let io = tokio::io::join(std::io::Cursor::new(buffered).chain(rx), tx);
+            proxy(io, request).await
+        }
+        Err(e) => bad_gateway("cannot reach the Space's node", format!("{e:#}")),
+    }
+}
+
+/// A follower passes the request (a Space's, or a run log's) to the leader, which holds the agents' links.
+pub(super) async fn via_leader(api: &Api, mut request: Request) -> Response {
+    if request.headers().contains_key(FORWARDED) {
+        return bad_gateway(
+            "no coordinator holds the link",
+            "the Space's node is not connected",
+        );
+    }
+    let node = &api.node;
+    let leader_url = node
+        .status()
+        .leader
+        .and_then(|l| node.read_local(|s| s.members.get(&l).map(|m| m.api_url.clone())));
+    let Some(addr) = leader_url
+        .as_deref()
+        .and_then(|u| u.strip_prefix("http://"))
+        .map(|u| u.trim_end_matches('/').to_owned())
+    else {
+        return bad_gateway("no leader to pass the request to", "unknown");
+    };
+    match tokio::net::TcpStream::connect(&addr).await {
+        Ok(stream) => {
+            request
+                .headers_mut()
+                .insert(FORWARDED, HeaderValue::from_static("1"));
+            proxy(stream, request).await
+        }
+        Err(e) => bad_gateway("cannot reach the leader", e),
+    }
+}
+
+/// Speaks HTTP/1.1 over `io` for one request; an upgrade is piped both ways afterwards.
+async fn proxy<T>(io: T, mut request: Request) -> Response
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await {
+            Ok(pair) => pair,
+            Err(e) => return bad_gateway("the app's connection failed", e),
+        };
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "ingress connection ended");
+        }
+    });
+    let wants_upgrade = request.headers().contains_key(header::UPGRADE);
+    let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
+    let mut response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => return bad_gateway("the app did not answer", e),
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let app_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(app)) = (client_upgrade.await, app_upgrade.await) {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut app = hyper_util::rt::TokioIo::new(app);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+            }
+        });
+    }
+    response.map(Body::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_hosts_are_recognised() {
+        assert_eq!(
+            subdomain("alice-demo.localhost", "localhost"),
+            Some("alice-demo")
+        );
+        assert_eq!(
+            subdomain("alice-demo.localhost:8080", "localhost"),
+            Some("alice-demo")
+        );
+        assert_eq!(subdomain("localhost:8080", "localhost"), None);
+        assert_eq!(subdomain("a.b.localhost", "localhost"), None);
+        assert_eq!(subdomain("alice-demo.example.com", "localhost"), None);
+        assert_eq!(subdomain("xlocalhost", "localhost"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! `GET /api/spaces/{ns}/{name}/logs/run` (and `/logs/build`): a Space's log as the Hub's event stream
+//! (reference section 2.F): `data: {"data": "<line>\n", "timestamp": "<ISO Z>"}` events, empty `data:`
+//! keep-alives, the stream open while the allocation runs. The run log comes from the agent that runs the
+//! Space over a stream on its link: the end of the log, then what is appended. The Space's secret values are
+//! replaced by `***` in every line. A follower passes the request to the leader, which holds the links.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State as AxumState};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use spacedock_coordinator_core::access::can_see;
+use spacedock_coordinator_core::state::RepoKind;
+use spacedock_shared::wire::LogFollow;
+use tokio::io::AsyncReadExt as _;
+
+use super::{Api, ApiError, iso8601};
+
+/// Bytes of the log's end sent first.
+const TAIL_BYTES: u64 = 256 * 1024;
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/spaces/{ns}/{name}/logs/run", get(run_logs))
+        .route("/api/spaces/{ns}/{name}/logs/build", get(build_logs))
+}
+
+fn event_stream(body: Body) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// One log line as an event.
+fn event(line: &str) -> Bytes {
+    let payload = serde_json::json!({ "data": format!("{line}\n"), "timestamp": iso8601(super::system_clock()) });
+    Bytes::from(format!("data: {payload}\n\n"))
+}
+
+/// The build log: no builder runs in this cluster yet, so the stream has no events.
+async fn build_logs(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = format!("{ns}/{name}");
+    visible(&api, &headers, &id).await?;
+    Ok(event_stream(Body::empty()))
+}
+
+/// The Space's secret values (for redaction) and its newest allocation's node and id, if the caller may see it.
+async fn visible(
+    api: &Api,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Vec<String>, Option<(String, String)>), ApiError> {
+    api.read(headers, |state, p| {
+        let repo = state
+            .repo(RepoKind::Space, id)
+            .filter(|r| can_see(state, p, r))
+            .ok_or_else(|| ApiError::repo_not_found(id))?;
+        let secrets = repo
+            .space
+            .iter()
+            .flat_map(|s| s.secrets.values())
+            .map(|s| s.value.expose().to_owned())
+            .filter(|v| v.len() >= 3)
+            .collect();
+        let key = spacedock_coordinator_core::state::repo_key(RepoKind::Space, id);
+        let newest = state
+            .allocations
+            .values()
+            .filter(|a| a.space == key)
+            .max_by_key(|a| a.created_at)
+            .map(|a| (a.node.clone(), a.id.clone()));
+        Ok((secrets, newest))
+    })
+    .await
+}
+
+async fn run_logs(
+    AxumState(api): AxumState<Api>,
+    Path((ns, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = format!("{ns}/{name}");
+    let (secrets, newest) = visible(&api, request.headers(), &id).await?;
+    let Some((node, allocation)) = newest else {
+        return Ok(event_stream(Body::empty()));
+    };
+    if !api.links.has(&node) {
+        return Ok(super::ingress::via_leader(&api, request).await);
+    }
+    let follow = LogFollow {
+        allocation,
+        tail_bytes: TAIL_BYTES,
+    };
+    let (tx, rx, buffered) = match api.links.open(&node, follow.into()).await {
+        Ok(opened) => opened,
+        // The allocation's files are gone (it was replaced or its node lost them): nothing to show.
+        Err(e) => {
+            tracing::debug!(space = id, error = %format!("{e:#}"), "no run log");
+            return Ok(event_stream(Body::empty()));
+        }
+    };
+    let (events, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        // Keeps the agent's side open while the client listens.
+        let _tx = tx;
+        let mut source = std::io::Cursor::new(buffered).chain(rx);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 32 * 1024];
+        loop {
+            let read = tokio::time::timeout(KEEP_ALIVE, source.read(&mut chunk)).await;
+            let n = match read {
+                Err(_) => {
+                    if events
+                        .send(Ok(Bytes::from_static(b"data:\n\n")))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                let mut text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                for secret in &secrets {
+                    text = text.replace(secret.as_str(), "***");
+                }
+                if events.send(Ok(event(&text))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(event_stream(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(body),
+    )))
+}
