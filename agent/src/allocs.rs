@@ -19,6 +19,7 @@ use spacedock_shared::wire::{AllocationPhase, AllocationStatus, Assignment};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OnceCell, mpsc, watch};
 
+use crate::cdi;
 use crate::containerd::{Containerd, LAYER_TAR};
 use crate::fetch::Fetcher;
 use crate::network::{self, Subnet};
@@ -42,6 +43,8 @@ pub struct RunnerConfig {
     pub containerd_socket: PathBuf,
     pub containerd_namespace: String,
     pub subnet: Subnet,
+    /// NVML index of each GPU by UUID (CDI specs may name devices by either).
+    pub gpu_indexes: HashMap<String, u32>,
 }
 
 #[derive(Debug)]
@@ -282,6 +285,26 @@ impl Runner {
         let slot = self.take_slot(dir)?;
         let address = network::create(&names, &self.config.subnet, slot)?;
         let spec = spec::build(&spec_allocation(a, Some(network::netns_path(&names))))?;
+        let mut spec = serde_json::to_value(&spec).context("encoding the runtime spec")?;
+        if !a.gpus.is_empty() {
+            let gpus: Vec<(String, u32)> = a
+                .gpus
+                .iter()
+                .map(|uuid| {
+                    let index = self
+                        .config
+                        .gpu_indexes
+                        .get(uuid)
+                        .copied()
+                        .unwrap_or(u32::MAX);
+                    (uuid.clone(), index)
+                })
+                .collect();
+            let edits = cdi::load(&cdi::CDI_DIRS).and_then(|specs| cdi::edits_for(&specs, &gpus));
+            edits
+                .and_then(|edits| cdi::apply(&mut spec, &edits, cdi::device_number))
+                .map_err(|e| anyhow!("GPUs {:?}: {e}", a.gpus))?;
+        }
         let spec_json = serde_json::to_vec(&spec).context("encoding the runtime spec")?;
         containerd
             .start(&a.id, &chain, spec_json, &dir.join("run.log"))

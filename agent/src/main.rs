@@ -1,6 +1,7 @@
 //! `spacedock-agent`: the node daemon's entry point: flags over the config file, then the service.
 
 mod allocs;
+mod cdi;
 mod config;
 mod containerd;
 mod fetch;
@@ -106,12 +107,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let fetcher = fetch::Fetcher::new(&identity, config.join.clone(), &name, &config.data_dir)?;
         let subnet = network::Subnet::parse(&config.container_subnet)
             .map_err(|e| anyhow::anyhow!("container_subnet: {e}"))?;
+        let gpus = inventory::collect(&name, &config.labels, &config.data_dir).gpus;
+        if !gpus.is_empty() && cdi::load(&cdi::CDI_DIRS).is_ok_and(|s| s.is_empty()) {
+            tracing::warn!(
+                "this node has GPUs but no NVIDIA CDI spec in /etc/cdi or /var/run/cdi; GPU Spaces will fail \
+                 until `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` makes one"
+            );
+        }
         let (runner, reports) = allocs::Runner::new(
             allocs::RunnerConfig {
                 data_dir: config.data_dir.clone(),
                 containerd_socket: config.containerd_socket.clone(),
                 containerd_namespace: config.containerd_namespace.clone(),
                 subnet,
+                gpu_indexes: gpus.iter().map(|g| (g.uuid.clone(), g.index)).collect(),
             },
             fetcher,
         );

@@ -489,6 +489,17 @@ pub fn api(
 /// `/bin/sh`, `/www/index.html` holding `marker` (which also makes the layer unique), an empty `/home/user`,
 /// `PATH=/bin` and `cmd` as its command, tagged `name`. Returns the archive's path.
 pub fn busybox_image(dir: &Path, name: &str, cmd: &[&str], marker: &str) -> PathBuf {
+    busybox_image_with(dir, name, cmd, marker, &[])
+}
+
+/// `busybox_image` with extra executable files (`path`, `contents`) in the layer.
+pub fn busybox_image_with(
+    dir: &Path,
+    name: &str,
+    cmd: &[&str],
+    marker: &str,
+    files: &[(&str, &str)],
+) -> PathBuf {
     use sha2::Digest as _;
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox: install busybox-static (ops/test.sh does)");
@@ -524,6 +535,12 @@ pub fn busybox_image(dir: &Path, name: &str, cmd: &[&str], marker: &str) -> Path
     layer
         .append_data(&mut h, "www/index.html", index.as_bytes())
         .unwrap();
+    for (path, contents) in files {
+        let mut h = header(tar::EntryType::Regular, 0o755, contents.len() as u64, 0);
+        layer
+            .append_data(&mut h, path, contents.as_bytes())
+            .unwrap();
+    }
     let layer = layer.into_inner().unwrap();
     let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
     let config = serde_json::json!({

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spacedock_cluster_tests::{
-    Agent, Coordinator, api, busybox_image, http_get, run, run_python, test_containerd,
+    Agent, Coordinator, api, busybox_image, busybox_image_with, http_get, run, run_python,
+    test_containerd,
 };
 
 /// A coordinator with a small test flavor and one agent, both ready.
@@ -248,7 +249,9 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
         &[
             "/bin/sh",
             "-c",
-            "echo starting as $(busybox id -u) MODE=$MODE key=$API_KEY; exec busybox httpd -f -v -p 8080 -h /www",
+            "echo starting as $(busybox id -u) MODE=$MODE key=$API_KEY \
+             mem=$(busybox cat /sys/fs/cgroup/memory.max 2>/dev/null || busybox cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
+             exec busybox httpd -f -v -p 8080 -h /www",
         ],
         "hello from runs",
     );
@@ -284,6 +287,8 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
     )
     .unwrap();
     assert!(log.contains("starting as 1000 MODE=test"), "{log}");
+    // The flavor's memory limit (test-small: 1 GiB) is the container's cgroup limit.
+    assert!(log.contains("mem=1073741824"), "{log}");
 
     // Through the ingress: the Space's host on the API port reaches the app.
     let (status, body) = http_get(&cl.c.api_url, "admin-web.localhost", "/").unwrap();
@@ -524,4 +529,65 @@ fn a_space_answers_through_every_coordinator() {
     }
     let logs = cl.logs(&c3, &id);
     assert!(logs.contains("every starts"), "through a follower: {logs}");
+}
+
+/// Answers any request with `101 Switching Protocols`, then echoes what it receives.
+const UPGRADE_ECHO: &str = r#"#!/bin/sh
+while read -r line; do
+  line=$(echo "$line" | busybox tr -d '\r')
+  [ -z "$line" ] && break
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n'
+exec busybox cat
+"#;
+
+#[test]
+fn an_upgraded_connection_is_piped_both_ways_through_the_ingress() {
+    use std::io::{BufRead, BufReader, Write};
+    let cl = Cluster::start("upgrade", "10.207.0.0/24");
+    let archive = busybox_image_with(
+        cl.dir.path(),
+        "demo/echo:1",
+        &[
+            "busybox",
+            "nc",
+            "-ll",
+            "-p",
+            "8080",
+            "-e",
+            "/bin/upgrade-echo",
+        ],
+        "echo",
+        &[("bin/upgrade-echo", UPGRADE_ECHO)],
+    );
+    cl.import(&archive);
+    let id = cl.space("echo", "demo/echo:1", 60);
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
+    let addr = cl.c.api_url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: admin-echo.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    for word in ["ping", "pong"] {
+        writeln!(stream, "{word}").unwrap();
+        let mut echoed = String::new();
+        reader.read_line(&mut echoed).unwrap();
+        assert_eq!(echoed, format!("{word}\n"));
+    }
 }

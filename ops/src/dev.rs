@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// A directory of example Spaces (one per subdirectory with a README.md) to create as `admin/NAME`.
     #[arg(long)]
     examples: Option<PathBuf>,
+    /// The containerd socket the agents use [default: a containerd started by spacedock dev under
+    /// DIR/containerd].
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
 }
 
 /// `DIR/cluster.json`.
@@ -137,7 +141,32 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut agents: Vec<Running> = Vec::new();
-    if let Err(e) = start_agents(args.agents, &dir, &plan, &admin_token_file, &mut agents) {
+    let socket = match (&args.containerd_socket, args.agents) {
+        (Some(socket), _) => Some(socket.clone()),
+        (None, 0) => None,
+        (None, _) => match start_containerd(&dir) {
+            Ok((socket, process)) => {
+                println!(
+                    "  containerd (pid {}, log {})",
+                    process.entry.pid,
+                    dir.join("containerd/containerd.log").display()
+                );
+                running.push(process);
+                Some(socket)
+            }
+            Err(e) => {
+                stop(&mut running);
+                return Err(e);
+            }
+        },
+    };
+    let agent_flags = AgentFlags {
+        dir: &dir,
+        plan: &plan,
+        admin_token_file: &admin_token_file,
+        containerd_socket: socket.as_deref(),
+    };
+    if let Err(e) = start_agents(args.agents, &agent_flags, &mut agents) {
         stop(&mut agents);
         stop(&mut running);
         return Err(e);
@@ -145,7 +174,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let cluster = ClusterFile {
         api_url: plan[0].api_url.clone(),
         admin_token_file: admin_token_file.clone(),
-        coordinators: running.iter().map(|r| r.entry.clone()).collect(),
+        coordinators: running
+            .iter()
+            .filter(|r| r.kind == "coordinator")
+            .map(|r| r.entry.clone())
+            .collect(),
         agents: agents
             .iter()
             .map(|a| AgentEntry {
@@ -164,8 +197,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         );
     }
     write_cluster_file(&dir.join("cluster.json"), &cluster)?;
-    println!("spacedock dev: {} coordinator(s) running", running.len());
-    for r in &running {
+    println!(
+        "spacedock dev: {} coordinator(s) running",
+        cluster.coordinators.len()
+    );
+    for r in running.iter().filter(|r| r.kind == "coordinator") {
         println!(
             "  coordinator {}: {} (pid {}, log {})",
             r.entry.id,
@@ -244,14 +280,78 @@ fn agent_name(i: u64) -> String {
     format!("node-{i}")
 }
 
+/// Where agents find the cluster and containerd.
+struct AgentFlags<'a> {
+    dir: &'a Path,
+    plan: &'a [ProcessEntry],
+    admin_token_file: &'a Path,
+    containerd_socket: Option<&'a Path>,
+}
+
+/// Starts a containerd of the cluster's own, with its root, state, socket and config under `DIR/containerd`;
+/// returns its socket once it answers.
+fn start_containerd(dir: &Path) -> anyhow::Result<(PathBuf, Running)> {
+    let base = dir.join("containerd");
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let socket = base.join("containerd.sock");
+    let _ = std::fs::remove_file(&socket);
+    let config = base.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n\
+             [ttrpc]\n  address = \"{sock}.ttrpc\"\n",
+            root = base.display(),
+            sock = socket.display()
+        ),
+    )?;
+    let log = std::fs::File::create(base.join("containerd.log"))?;
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            anyhow!(
+                "cannot start containerd ({e}): install it with `apt-get install containerd runc` \
+                 (ops/up.sh does), or pass --containerd-socket"
+            )
+        })?;
+    let mut process = Running {
+        kind: "containerd",
+        entry: ProcessEntry {
+            id: 0,
+            api_url: String::new(),
+            pid: child.id(),
+            quic_addr: String::new(),
+        },
+        child,
+    };
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if started.elapsed() > READY_TIMEOUT || matches!(process.child.try_wait(), Ok(Some(_))) {
+            stop(std::slice::from_mut(&mut process));
+            bail!(
+                "containerd did not start; see {}",
+                base.join("containerd.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((socket, process))
+}
+
 /// Starts `n` agents joined to the coordinators and waits until each is a ready node.
-fn start_agents(
-    n: u64,
-    dir: &Path,
-    plan: &[ProcessEntry],
-    admin_token_file: &Path,
-    agents: &mut Vec<Running>,
-) -> anyhow::Result<()> {
+fn start_agents(n: u64, flags: &AgentFlags<'_>, agents: &mut Vec<Running>) -> anyhow::Result<()> {
+    let AgentFlags {
+        dir,
+        plan,
+        admin_token_file,
+        containerd_socket,
+    } = *flags;
     if n == 0 {
         return Ok(());
     }
@@ -277,6 +377,9 @@ fn start_agents(
             "--container-subnet",
             &subnet,
         ]);
+        if let Some(socket) = containerd_socket {
+            command.arg("--containerd-socket").arg(socket);
+        }
         if !data_dir.join("identity").exists() {
             if token.is_none() {
                 let created = admin.post(
