@@ -265,7 +265,7 @@ impl Runner {
         let mut descriptors = Vec::new();
         for layer in &a.layers {
             if !containerd.has_blob(&layer.digest).await? {
-                let path = self.fetcher.fetch(&layer.digest).await?;
+                let path = self.fetcher.fetch(&layer.digest, layer.size).await?;
                 let bytes = tokio::fs::read(&path)
                     .await
                     .with_context(|| format!("reading {}", path.display()))?;
@@ -386,8 +386,8 @@ async fn stop_container(containerd: &Containerd, id: &str) {
     containerd.remove(id).await;
 }
 
-/// Whether something answers HTTP at the address.
-async fn answers_http(address: Ipv4Addr, port: u16) -> bool {
+/// Whether something answers HTTP at the address (within 2 s).
+pub async fn answers_http(address: Ipv4Addr, port: u16) -> bool {
     let probe = async {
         let mut stream = tokio::net::TcpStream::connect((address, port)).await?;
         stream

@@ -1,15 +1,16 @@
 //! Fetching image blobs from the cluster over QUIC: any coordinator serves any blob (it asks its peers when it
-//! lacks one). Bytes go to `DATA_DIR/partial/HEX` and a cut transfer resumes from what is there; the whole
-//! file is checked against the sha256 digest before it is used, and a file that does not match is deleted.
+//! lacks one). Bytes go to `DATA_DIR/partial/HEX`, hashed as they arrive; a cut transfer resumes from the bytes
+//! already there (even after an agent restart). The whole file must hash to the sha256 digest and have the
+//! image's size before it is used; a file that does not is deleted.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
 use sha2::Digest as _;
-use spacedock_net::blob::recv_chunks;
+use spacedock_net::blob::recv_raw;
 use spacedock_net::send;
 use spacedock_net::tls::{self, Identity};
 use spacedock_shared::wire::{self, BlobRequest, Role};
@@ -37,7 +38,7 @@ impl Fetcher {
         let dir = data_dir.join("partial");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Fetcher {
-            endpoint: quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?,
+            endpoint: quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))?,
             client_config: tls::client_config(identity)?,
             targets,
             name: name.to_owned(),
@@ -45,30 +46,80 @@ impl Fetcher {
         })
     }
 
-    /// The blob's bytes, checked against its digest. The file is the caller's to delete once used.
-    pub async fn fetch(&self, digest: &str) -> anyhow::Result<PathBuf> {
+    /// The blob's bytes (`size` of them), checked against its digest. The file is the caller's to delete.
+    pub async fn fetch(&self, digest: &str, size: u64) -> anyhow::Result<PathBuf> {
         let hex = digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| anyhow!("`{digest}` is not a sha256 digest"))?;
         let path = self.dir.join(hex);
+        let got = self.fetch_resuming(digest, &path).await?;
+        if got != digest {
+            let _ = std::fs::remove_file(&path);
+            bail!(
+                "the cluster sent bytes that do not match {digest} (they hash to {got}); refused"
+            );
+        }
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if len != size {
+            let _ = std::fs::remove_file(&path);
+            bail!("{digest} has {len} bytes, its image says {size}");
+        }
+        Ok(path)
+    }
+
+    /// Appends to the file from what it already holds (hashing that first), hashing as bytes arrive; returns
+    /// the digest of the whole file.
+    async fn fetch_resuming(&self, digest: &str, path: &Path) -> anyhow::Result<String> {
+        let mut hasher = sha2::Sha256::new();
+        if path.exists() {
+            let mut held = std::fs::File::open(path)?;
+            std::io::copy(&mut held, &mut hasher)?;
+        }
         let mut errors = Vec::new();
         for attempt in 0..ATTEMPTS {
             let target = &self.targets[attempt % self.targets.len()];
-            match self.fetch_from(target, digest, &path).await {
-                Ok(()) => return verify(&path, digest).await.map(|()| path),
-                Err(e) => {
-                    tracing::warn!(digest, target, error = %format!("{e:#}"), "blob transfer failed; resuming");
-                    errors.push(format!("{target}: {e:#}"));
-                    tokio::time::sleep(Duration::from_millis(300 * (attempt as u64 + 1))).await;
-                }
+            let offset = std::fs::metadata(path).map_or(0, |m| m.len());
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // Hashing and writing run on a thread of their own, so this task only receives.
+            let (pieces, spool) = spool(file, hasher);
+            let sink = |bytes: Bytes| {
+                pieces
+                    .send(bytes)
+                    .map_err(|_| std::io::Error::other("the blob's writer stopped"))
+            };
+            let result = self.fetch_from(target, digest, offset, sink).await;
+            drop(pieces);
+            let (spooled, returned) = spool
+                .join()
+                .map_err(|_| anyhow!("the blob's writer panicked"))?;
+            hasher = returned;
+            match result.and_then(|()| spooled.map_err(Into::into)) {
+                Ok(()) => return Ok(format!("sha256:{}", hex_string(&hasher.finalize()))),
+                Err(e) => errors.push(self.retry(digest, target, attempt, e).await),
             }
         }
         bail!("cannot fetch {digest}: {}", errors.join("; "))
     }
 
-    async fn fetch_from(&self, target: &str, digest: &str, path: &Path) -> anyhow::Result<()> {
-        let offset = std::fs::metadata(path).map_or(0, |m| m.len());
+    async fn retry(&self, digest: &str, target: &str, attempt: usize, e: anyhow::Error) -> String {
+        tracing::warn!(digest, target, error = %format!("{e:#}"), "blob transfer failed; resuming");
+        tokio::time::sleep(Duration::from_millis(300 * (attempt as u64 + 1))).await;
+        format!("{target}: {e:#}")
+    }
+
+    /// The blob's bytes from `offset` to its end, handed to `sink` as they arrive.
+    async fn fetch_from(
+        &self,
+        target: &str,
+        digest: &str,
+        offset: u64,
+        sink: impl FnMut(Bytes) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
         let spacedock_net::Dialed {
             connection,
             mut tx,
@@ -85,42 +136,164 @@ impl Fetcher {
         let request = BlobRequest {
             digest: digest.to_owned(),
             offset,
+            length: 0,
         };
-        send(&mut tx, &request.into()).await?;
-        match rx.recv().await? {
-            Some(wire::Message::BlobHeader(h)) if h.found => {}
+        let expected = |size| request.bytes_of(size);
+        send(&mut tx, &request.clone().into()).await?;
+        let size = match rx.recv().await? {
+            Some(wire::Message::BlobHeader(h)) if h.found => h.size,
             Some(wire::Message::BlobHeader(h)) => bail!("{}", h.message),
             Some(wire::Message::Refused(r)) => bail!("refused: {}", r.message),
             other => bail!("unexpected answer to a blob request: {other:?}"),
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        recv_chunks(&mut rx, |bytes| file.write_all(bytes)).await?;
-        file.sync_all()?;
+        };
+        recv_raw(rx, expected(size), sink).await?;
         connection.close(0u32.into(), b"done");
         Ok(())
     }
 }
 
-/// Checks the file against the digest; deletes it when it does not match.
-async fn verify(path: &Path, digest: &str) -> anyhow::Result<()> {
-    let owned = path.to_owned();
-    let got = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        let mut hasher = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&owned)?, &mut hasher)?;
-        Ok(format!("sha256:{}", hex_string(&hasher.finalize())))
-    })
-    .await??;
-    if got != digest {
-        let _ = std::fs::remove_file(path);
-        bail!("the cluster sent bytes that do not match {digest} (they hash to {got}); refused");
-    }
-    Ok(())
+type Spooled = (std::io::Result<()>, sha2::Sha256);
+
+/// A thread that appends what it is sent to the file and hashes it; joined, it gives back whether every write
+/// (and the final sync) worked and the hasher, which has seen exactly the bytes written.
+fn spool(
+    mut file: std::fs::File,
+    mut hasher: sha2::Sha256,
+) -> (
+    std::sync::mpsc::SyncSender<Bytes>,
+    std::thread::JoinHandle<Spooled>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(64);
+    let handle = std::thread::spawn(move || {
+        for bytes in rx {
+            if let Err(e) = file.write_all(&bytes) {
+                return (Err(e), hasher);
+            }
+            hasher.update(&bytes);
+        }
+        (file.sync_all(), hasher)
+    });
+    (tx, handle)
 }
 
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spacedock_net::accept_handshake;
+    use spacedock_net::blob::send_raw;
+    use spacedock_net::tls::ClusterCa;
+    use spacedock_shared::wire::BlobHeader;
+    use std::sync::{Arc, Mutex};
+
+    /// A stand-in coordinator: answers each `BlobRequest` from `bytes`, but cuts the first transfer after
+    /// `cut_at` bytes; records the offsets asked for.
+    async fn server(ca: &ClusterCa, bytes: Vec<u8>, cut_at: u64) -> (String, Arc<Mutex<Vec<u64>>>) {
+        let identity = ca.issue("coordinator-1").unwrap();
+        let endpoint = quinn::Endpoint::server(
+            tls::server_config(&identity).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let addr = endpoint.local_addr().unwrap().to_string();
+        let offsets = Arc::new(Mutex::new(Vec::new()));
+        let seen = offsets.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Some(incoming) = endpoint.accept().await {
+                let connection = incoming.await.unwrap();
+                let (mut tx, rx) = connection.accept_bi().await.unwrap();
+                let mut rx = spacedock_net::FramedReader::new(rx, wire::DEFAULT_MAX_FRAME_BYTES);
+                accept_handshake(&mut rx, &mut tx, "stand-in", HANDSHAKE_TIMEOUT)
+                    .await
+                    .unwrap();
+                let Some(wire::Message::BlobRequest(request)) = rx.recv().await.unwrap() else {
+                    panic!("expected a blob request");
+                };
+                seen.lock().unwrap().push(request.offset);
+                let size = bytes.len() as u64;
+                let header = BlobHeader {
+                    found: true,
+                    size,
+                    message: String::new(),
+                };
+                send(&mut tx, &header.into()).await.unwrap();
+                let rest = &bytes[request.offset as usize..];
+                if std::mem::take(&mut first) {
+                    let mut part = &rest[..(cut_at - request.offset) as usize];
+                    send_raw(&mut tx, &mut part, cut_at - request.offset)
+                        .await
+                        .unwrap();
+                    // End the stream early, once the agent has what was sent.
+                    let _ = tx.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), tx.stopped()).await;
+                    connection.close(1u32.into(), b"cut");
+                } else {
+                    let mut all = rest;
+                    send_raw(&mut tx, &mut all, rest.len() as u64)
+                        .await
+                        .unwrap();
+                    let _ = tx.finish();
+                    let _ = connection.closed().await;
+                }
+            }
+        });
+        (addr, offsets)
+    }
+
+    fn digest(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex_string(&sha2::Sha256::digest(bytes)))
+    }
+
+    #[tokio::test]
+    async fn a_cut_transfer_resumes_where_it_stopped() {
+        let ca = ClusterCa::generate("fetch-test").unwrap();
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (addr, offsets) = server(&ca, bytes.clone(), 1_000_000).await;
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher =
+            Fetcher::new(&ca.issue("agent-a").unwrap(), vec![addr], "a", dir.path()).unwrap();
+        let path = fetcher
+            .fetch(&digest(&bytes), bytes.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let offsets = offsets.lock().unwrap().clone();
+        assert_eq!(offsets.len(), 2, "{offsets:?}");
+        assert_eq!(offsets[0], 0);
+        assert!(
+            offsets[1] > 0 && offsets[1] <= 1_000_000,
+            "resumed at {}",
+            offsets[1]
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_that_do_not_match_the_digest_are_refused_and_deleted() {
+        let ca = ClusterCa::generate("fetch-test").unwrap();
+        let bytes = vec![7u8; 100_000];
+        let (addr, _) = server(&ca, bytes.clone(), 0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher =
+            Fetcher::new(&ca.issue("agent-a").unwrap(), vec![addr], "a", dir.path()).unwrap();
+        let wanted = digest(b"something else");
+        let err = fetcher
+            .fetch(&wanted, 100_000)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("do not match") && err.contains(&wanted),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("partial"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
 }

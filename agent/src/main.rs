@@ -1,22 +1,11 @@
 //! `spacedock-agent`: the node daemon's entry point: flags over the config file, then the service.
 
-mod allocs;
-mod cdi;
-mod config;
-mod containerd;
-mod fetch;
-mod inventory;
-mod network;
-mod proxy;
-mod runtime;
-mod session;
-mod spec;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use config::AgentConfig;
+use spacedock_agent::config::AgentConfig;
+use spacedock_agent::{allocs, cdi, fetch, inventory, network, session};
 use spacedock_cli_common::{DaemonFlags, JoinFlags};
 
 /// The spacedock node agent: joins the cluster over QUIC, reports inventory, runs Spaces with containerd.

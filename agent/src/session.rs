@@ -3,7 +3,6 @@
 //! runner's reports, receiving the allocations to run, and reconnecting (following `NotLeader` redirects)
 //! whenever the link breaks.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +71,7 @@ fn save_identity(data_dir: &Path, identity: &Identity) -> anyhow::Result<()> {
 
 /// Joins the cluster with the token; the identity is written to the data dir.
 pub async fn join(config: &AgentConfig, name: &str, token: &str) -> anyhow::Result<Identity> {
-    let client = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+    let client = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
         .context("QUIC client endpoint")?;
     let request = JoinRequest {
         token: token.to_owned(),
@@ -106,7 +105,7 @@ pub async fn run(
     runner: Arc<Runner>,
     mut reports: mpsc::UnboundedReceiver<AllocationStatus>,
 ) -> anyhow::Result<()> {
-    let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+    let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
         .context("QUIC client endpoint")?;
     let client_config = tls::client_config(identity)?;
     let mut targets: Vec<String> = config.join.clone();

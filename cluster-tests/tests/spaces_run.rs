@@ -520,6 +520,31 @@ fn a_space_answers_through_every_coordinator() {
         &[("HF_ENDPOINT", &c3.api_url), ("HF_TOKEN", &cl.admin)],
     );
     assert_eq!(out.code, Some(0), "{out:?}");
+    let image = &api(&cl.c.api_url, &cl.admin, "GET", "/api/images", None).unwrap()[0];
+    let layer = image["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let holding = || {
+        [&cl.c, &c2, &c3]
+            .iter()
+            .filter(|c| {
+                c.data_dir
+                    .join("blobs/sha256")
+                    .join(format!("{layer}.b3"))
+                    .exists()
+            })
+            .count()
+    };
+    assert!(
+        holding() >= 2,
+        "acknowledged with the layer on {} coordinators",
+        holding()
+    );
+    cl.wait(Duration::from_secs(30), "the layer on all three", |_| {
+        (holding() == 3).then_some(())
+    });
     let id = cl.space("every", "demo/every:1", 60);
     cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
     for c in [&cl.c, &c2, &c3] {

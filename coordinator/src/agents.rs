@@ -65,16 +65,13 @@ fn leader_addr(node: &NodeHandle) -> String {
 /// Serves one agent stream; `name` is the node name from its certificate. A stream that opens with a
 /// `BlobRequest` fetches a blob (from any coordinator); one that opens with the inventory is the agent's session
 /// with the leader.
-pub async fn session<R, W>(
+pub async fn session(
     authority: &Authority,
     name: &str,
     connection: quinn::Connection,
-    mut rx: FramedReader<R>,
-    mut tx: W,
-) where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    W: tokio::io::AsyncWrite + Unpin,
-{
+    mut rx: FramedReader<quinn::RecvStream>,
+    mut tx: quinn::SendStream,
+) {
     let node = &authority.node;
     let refuse = |code, message: String| Refused { code, message };
     let inventory = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, rx.recv()).await {

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use sha2::Digest as _;
-use spacedock_net::blob::{recv_chunks, send_chunks};
+use spacedock_net::blob::{recv_raw, send_raw};
 use spacedock_net::{FramedReader, send};
 use spacedock_shared::wire::{self, BlobHeader, BlobPut, BlobRequest, BlobStored};
-use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite};
+use tokio::io::AsyncSeekExt;
 
 use crate::node::NodeHandle;
 use crate::peer::Peers;
@@ -266,7 +266,7 @@ impl Blobs {
                 size,
             };
             send(&mut tx, &put.into()).await?;
-            send_chunks(&mut tx, &mut file).await?;
+            send_raw(&mut tx, &mut file, size).await?;
             match rx.recv().await? {
                 Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
                 Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
@@ -278,15 +278,12 @@ impl Blobs {
             .map_err(|_| anyhow!("no answer within {PEER_TIMEOUT:?}"))?
     }
 
-    /// Makes sure this coordinator holds a good copy of the blob, fetching it from a peer if not; returns its
-    /// size.
+    /// Makes sure this coordinator holds the blob, fetching it from a peer if not; returns its size.
     pub async fn ensure(&self, digest: &str) -> anyhow::Result<u64> {
         digest_hex(digest)?;
-        if self.store.len(digest).is_some() && self.store.check(digest).await? {
-            return self
-                .store
-                .len(digest)
-                .ok_or_else(|| anyhow!("{digest} vanished"));
+        // Held blobs are checked when they are opened to be served.
+        if let Some(size) = self.store.len(digest) {
+            return Ok(size);
         }
         let mut errors = Vec::new();
         for peer in self.other_members() {
@@ -315,15 +312,16 @@ impl Blobs {
             let request = BlobRequest {
                 digest: digest.to_owned(),
                 offset: 0,
+                length: 0,
             };
             send(&mut tx, &request.into()).await?;
-            match rx.recv().await? {
-                Some(wire::Message::BlobHeader(h)) if h.found => {}
+            let size = match rx.recv().await? {
+                Some(wire::Message::BlobHeader(h)) if h.found => h.size,
                 Some(wire::Message::BlobHeader(h)) => bail!("{}", h.message),
                 other => bail!("unexpected answer to a blob request: {other:?}"),
-            }
+            };
             let mut writer = self.store.writer(digest)?;
-            recv_chunks(&mut rx, |bytes| writer.write(bytes)).await?;
+            recv_raw(rx, size, |bytes| writer.write(&bytes)).await?;
             writer.finish()
         };
         tokio::time::timeout(PEER_TIMEOUT, work)
@@ -333,21 +331,15 @@ impl Blobs {
 
     /// Answers a `BlobRequest` (from an agent or a peer): the header, then the bytes from the offset. A
     /// coordinator that lacks the blob asks its peers first, unless the request comes from a peer.
-    pub async fn serve<W: AsyncWrite + Unpin>(
-        &self,
-        request: BlobRequest,
-        tx: &mut W,
-        from_peer: bool,
-    ) {
-        let found = if from_peer {
-            Ok(())
-        } else {
-            self.ensure(&request.digest).await.map(|_| ())
-        };
-        let opened = match found {
-            Ok(()) => self.store.open(&request.digest, request.offset).await,
-            Err(e) => Err(e),
-        };
+    pub async fn serve(&self, request: BlobRequest, tx: &mut quinn::SendStream, from_peer: bool) {
+        let mut opened = self.store.open(&request.digest, request.offset).await;
+        if !from_peer && matches!(opened, Ok(None)) {
+            // Missing or quarantined here: fetch a good copy from a peer.
+            opened = match self.ensure(&request.digest).await {
+                Ok(_) => self.store.open(&request.digest, request.offset).await,
+                Err(e) => Err(e),
+            };
+        }
         let header = |found, size, message: String| BlobHeader {
             found,
             size,
@@ -355,10 +347,11 @@ impl Blobs {
         };
         match opened {
             Ok(Some((mut file, size))) => {
+                let length = request.bytes_of(size);
                 if send(tx, &header(true, size, String::new()).into())
                     .await
                     .is_ok()
-                    && let Err(e) = send_chunks(tx, &mut file).await
+                    && let Err(e) = send_raw(tx, &mut file, length).await
                 {
                     tracing::debug!(digest = request.digest, error = %e, "blob transfer cut");
                 }
@@ -374,14 +367,15 @@ impl Blobs {
     }
 
     /// Receives a blob a peer pushes and answers whether it is stored.
-    pub async fn receive<R, W>(&self, put: BlobPut, rx: &mut FramedReader<R>, tx: &mut W)
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    pub async fn receive(
+        &self,
+        put: BlobPut,
+        rx: FramedReader<quinn::RecvStream>,
+        tx: &mut quinn::SendStream,
+    ) {
         let result = async {
             let mut writer = self.store.writer(&put.digest)?;
-            recv_chunks(rx, |bytes| writer.write(bytes)).await?;
+            recv_raw(rx, put.size, |bytes| writer.write(&bytes)).await?;
             writer.finish()
         }
         .await;

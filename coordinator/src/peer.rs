@@ -169,16 +169,13 @@ async fn send_loop(to: u64, peers: Peers, mut rx: mpsc::UnboundedReceiver<Messag
 
 /// Serves a stream from an authenticated coordinator `peer_id`: Raft batches are stepped into the local node
 /// (messages claiming another sender are dropped), status requests are answered.
-pub async fn receive<R, W>(
-    mut reader: FramedReader<R>,
-    mut writer: W,
+pub async fn receive(
+    mut reader: FramedReader<quinn::RecvStream>,
+    mut writer: quinn::SendStream,
     peer_id: u64,
     node: NodeHandle,
     blobs: &crate::blobs::Blobs,
-) where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
+) {
     loop {
         match reader.recv().await {
             Ok(Some(wire::Message::RaftBatch(batch))) => {
@@ -211,7 +208,7 @@ pub async fn receive<R, W>(
                 }
             }
             Ok(Some(wire::Message::BlobPut(put))) => {
-                blobs.receive(put, &mut reader, &mut writer).await;
+                blobs.receive(put, reader, &mut writer).await;
                 return;
             }
             Ok(Some(wire::Message::BlobRequest(request))) => {

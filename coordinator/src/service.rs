@@ -83,7 +83,7 @@ pub async fn run(
         } else {
             let token = join_token
                 .ok_or_else(|| anyhow::anyhow!("joining needs a join token (`--token`)"))?;
-            let client = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+            let client = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
                 .context("QUIC client endpoint")?;
             let request = JoinRequest {
                 token,

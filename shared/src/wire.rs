@@ -226,16 +226,29 @@ pub struct Registered {
     pub node: String,
 }
 
-/// Asks for a blob's bytes from `offset` on (resuming an interrupted transfer). The answer is a `BlobHeader`,
-/// then `BlobChunk`s ending with an empty one.
+/// Asks for `length` bytes of a blob from `offset` on (0: to the end), to resume a transfer or fetch ranges in
+/// parallel. The answer is a `BlobHeader`, then the bytes, raw.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BlobRequest {
     /// `sha256:HEX`.
     pub digest: String,
     pub offset: u64,
+    pub length: u64,
 }
 
-/// Whether the blob is there and its whole size; `message` says why not.
+impl BlobRequest {
+    /// How many bytes answer this request for a blob of `size` bytes.
+    pub fn bytes_of(&self, size: u64) -> u64 {
+        let rest = size.saturating_sub(self.offset);
+        match self.length {
+            0 => rest,
+            n => n.min(rest),
+        }
+    }
+}
+
+/// Whether the blob is there and its whole size; `message` says why not. When found, exactly the requested
+/// bytes follow, raw: `length`, or `size - offset` when the request said 0.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BlobHeader {
     pub found: bool,
@@ -243,19 +256,7 @@ pub struct BlobHeader {
     pub message: String,
 }
 
-/// A piece of a blob; an empty one ends the blob.
-#[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct BlobChunk {
-    pub data: Vec<u8>,
-}
-
-impl std::fmt::Debug for BlobChunk {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlobChunk({} bytes)", self.data.len())
-    }
-}
-
-/// A coordinator replicating a blob to another: `BlobChunk`s follow, the receiver answers `BlobStored`.
+/// A coordinator replicating a blob to another: `size` raw bytes follow, the receiver answers `BlobStored`.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BlobPut {
     pub digest: String,
@@ -436,7 +437,7 @@ messages! {
     14 => Registered,
     15 => BlobRequest,
     16 => BlobHeader,
-    17 => BlobChunk,
+    // 17 was BlobChunk (blob bytes now follow their header raw); never reuse it.
     18 => BlobPut,
     19 => BlobStored,
     20 => Assignments,

@@ -106,11 +106,16 @@ fn main() {
                     if send(&mut tx, &Heartbeat { seq }.into()).await.is_err() {
                         return;
                     }
-                    match rx.recv().await {
-                        Ok(Some(wire::Message::HeartbeatAck(_))) => {
-                            beats.fetch_add(1, Ordering::Relaxed);
+                    // The leader also sends the (empty) set of allocations this node should run.
+                    loop {
+                        match rx.recv().await {
+                            Ok(Some(wire::Message::HeartbeatAck(_))) => {
+                                beats.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Ok(Some(wire::Message::Assignments(_))) => {}
+                            _ => return,
                         }
-                        _ => return,
                     }
                     tokio::time::sleep(interval).await;
                 }

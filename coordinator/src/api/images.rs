@@ -1,5 +1,5 @@
-//! Images in the cluster's store: blob upload (`HEAD`/`PUT /api/blobs/{digest}`, acknowledged once a quorum of
-//! coordinators holds the blob), image records (`POST /api/images`, `GET /api/images`) and Spaces that run a
+//! Images in the cluster's store: blobs (`HEAD`/`GET`/`PUT /api/blobs/{digest}`, an upload acknowledged once a
+//! quorum of coordinators holds the blob), image records (`POST /api/images`, `GET /api/images`) and Spaces that run a
 //! stored image (`PUT /api/spaces/{ns}/{name}/image`).
 
 use axum::body::Body;
@@ -30,6 +30,7 @@ pub fn routes() -> Router<Api> {
             "/api/blobs/{digest}",
             put(upload_blob)
                 .head(head_blob)
+                .get(download_blob)
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/api/images", get(list).post(put_image))
@@ -50,8 +51,11 @@ async fn writer(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     .await
 }
 
-fn bad_digest(e: anyhow::Error) -> ApiError {
-    ApiError::bad_request(format!("{e:#}"))
+/// The caller may touch blobs and the digest is well formed.
+async fn check_blob_request(api: &Api, headers: &HeaderMap, digest: &str) -> Result<(), ApiError> {
+    writer(api, headers).await?;
+    digest_hex(digest).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    Ok(())
 }
 
 async fn head_blob(
@@ -59,12 +63,43 @@ async fn head_blob(
     headers: HeaderMap,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
-    writer(&api, &headers).await?;
-    digest_hex(&digest).map_err(bad_digest)?;
+    check_blob_request(&api, &headers, &digest).await?;
     Ok(match api.blobs.store.len(&digest) {
         Some(size) => (StatusCode::OK, [("content-length", size.to_string())]).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     })
+}
+
+/// The blob's bytes (fetched from a peer first if this coordinator lacks it).
+async fn download_blob(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    check_blob_request(&api, &headers, &digest).await?;
+    api.blobs
+        .ensure(&digest)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("{e:#}")))?;
+    match api.blobs.store.open(&digest, 0).await {
+        Ok(Some((file, size))) => Ok((
+            [
+                ("content-length", size.to_string()),
+                ("content-type", "application/octet-stream".to_owned()),
+            ],
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file,
+                256 * 1024,
+            )),
+        )
+            .into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("blob {digest} was quarantined"),
+        )),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 async fn upload_blob(
@@ -73,8 +108,7 @@ async fn upload_blob(
     Path(digest): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    writer(&api, &headers).await?;
-    digest_hex(&digest).map_err(bad_digest)?;
+    check_blob_request(&api, &headers, &digest).await?;
     let size = match api.blobs.store.len(&digest) {
         Some(size) => size,
         None => {

@@ -1,62 +1,72 @@
-//! Moving a blob's bytes over a stream: `BlobChunk` frames of at most `CHUNK_BYTES`, ended by an empty one.
-//! Used by coordinators replicating and serving blobs and by agents fetching them.
+//! Moving a blob's bytes over a QUIC stream: after the message that announces them (`BlobHeader` or `BlobPut`,
+//! which give the count), the bytes go raw, with no framing: file reads become `Bytes` handed to quinn without
+//! a copy, and the receiver takes quinn's chunks as they are. Used by coordinators replicating and serving
+//! blobs and by agents fetching them.
 
-use spacedock_shared::wire::{BlobChunk, Message};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::{FramedReader, NetError, send};
+use crate::{FramedReader, NetError};
 
-/// Bytes per chunk (well under the frame limit).
+/// Bytes per read of the source.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// Sends everything `reader` yields as chunks, then the empty chunk; returns the bytes sent.
-pub async fn send_chunks<W, R>(tx: &mut W, reader: &mut R) -> Result<u64, NetError>
-where
-    W: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-{
-    let mut sent = 0u64;
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        send(
-            tx,
-            &BlobChunk {
-                data: buf[..n].to_vec(),
-            }
-            .into(),
-        )
-        .await?;
-        if n == 0 {
-            return Ok(sent);
-        }
-        sent += n as u64;
-    }
-}
-
-/// Receives chunks until the empty one, handing each to `sink`; returns the bytes received.
-pub async fn recv_chunks<R>(
-    rx: &mut FramedReader<R>,
-    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+/// Sends `length` bytes of `reader` raw on the stream; returns the bytes sent. A reader that ends early is an
+/// error (the receiver counts on `length`).
+pub async fn send_raw<R>(
+    tx: &mut quinn::SendStream,
+    reader: &mut R,
+    length: u64,
 ) -> Result<u64, NetError>
 where
     R: AsyncRead + Unpin,
 {
-    let mut received = 0u64;
-    loop {
-        match rx.recv().await? {
-            Some(Message::BlobChunk(chunk)) if chunk.data.is_empty() => return Ok(received),
-            Some(Message::BlobChunk(chunk)) => {
-                sink(&chunk.data)?;
-                received += chunk.data.len() as u64;
+    let mut sent = 0u64;
+    while sent < length {
+        let want = (length - sent).min(CHUNK_BYTES as u64) as usize;
+        let mut buf = BytesMut::with_capacity(want);
+        while buf.len() < want {
+            if reader.read_buf(&mut buf).await? == 0 {
+                return Err(NetError::Closed(
+                    "the blob's last byte (the source is short)",
+                ));
             }
-            Some(other) => {
-                return Err(NetError::Unexpected {
-                    expected: "BlobChunk",
-                    got: other.name(),
-                });
+        }
+        sent += buf.len() as u64;
+        tx.write_chunk(buf.freeze())
+            .await
+            .map_err(|e| NetError::Io(e.into()))?;
+    }
+    Ok(sent)
+}
+
+/// Receives exactly `length` raw bytes after the last message read from `rx`, handing each piece to `sink` as
+/// quinn delivered it (no copy).
+/// Returns the stream's halves for an answer that follows (`BlobStored`).
+pub async fn recv_raw(
+    rx: FramedReader<quinn::RecvStream>,
+    length: u64,
+    mut sink: impl FnMut(Bytes) -> std::io::Result<()>,
+) -> Result<quinn::RecvStream, NetError> {
+    let (mut stream, buffered) = rx.into_parts();
+    let mut received = buffered.len() as u64;
+    if received > length {
+        return Err(NetError::Closed("the blob (more bytes than announced)"));
+    }
+    sink(Bytes::from(buffered))?;
+    while received < length {
+        let left = (length - received).min(CHUNK_BYTES as u64) as usize;
+        match stream
+            .read_chunk(left, true)
+            .await
+            .map_err(|e| NetError::Io(e.into()))?
+        {
+            Some(chunk) => {
+                received += chunk.bytes.len() as u64;
+                sink(chunk.bytes)?;
             }
-            None => return Err(NetError::Closed("the blob's last chunk")),
+            None => return Err(NetError::Closed("the blob's last byte")),
         }
     }
+    Ok(stream)
 }

@@ -39,11 +39,15 @@ pub enum NetError {
     TimedOut(Duration),
 }
 
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 256 * 1024;
+
 /// Reads messages from a byte stream, holding at most one frame (bounded by `max_frame_bytes`).
 #[derive(Debug)]
 pub struct FramedReader<R> {
     inner: R,
     decoder: FrameDecoder,
+    chunk: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> FramedReader<R> {
@@ -51,22 +55,22 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
         FramedReader {
             inner,
             decoder: FrameDecoder::new(max_frame_bytes),
+            chunk: vec![0u8; READ_CHUNK],
         }
     }
 
     /// The next message; `None` when the stream ended cleanly between frames.
     pub async fn recv(&mut self) -> Result<Option<Message>, NetError> {
-        let mut chunk = [0u8; 16 * 1024];
         loop {
             if let Some(message) = self.decoder.next_message()? {
                 return Ok(Some(message));
             }
-            let n = self.inner.read(&mut chunk).await?;
+            let n = self.inner.read(&mut self.chunk).await?;
             if n == 0 {
                 self.decoder.finish()?;
                 return Ok(None);
             }
-            self.decoder.push(&chunk[..n]);
+            self.decoder.push(&self.chunk[..n]);
         }
     }
 

@@ -296,6 +296,10 @@ fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(10_000).into()));
+    // Blobs (image layers) stream over single streams: windows wide enough to keep a fast link busy.
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
     t
 }
 
