@@ -52,10 +52,31 @@ ensure_test_venv() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check "huggingface_hub==$HF_HUB_VERSION"
 }
 
+# Stops what a test containerd under $1 left running: every task killed (containers survive their shim and
+# containerd), then containerd, then whatever is still mounted under $1.
+stop_test_containerd() {
+  local dir=$1 sock=$1/containerd.sock ns id
+  if [ -S "$sock" ]; then
+    for ns in $(ctr -a "$sock" namespaces ls -q 2>/dev/null); do
+      for id in $(ctr -a "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
+        ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+      done
+    done
+    sleep 0.5
+  fi
+  [ -n "${TEST_CONTAINERD_PID:-}" ] && kill "$TEST_CONTAINERD_PID" 2>/dev/null && wait "$TEST_CONTAINERD_PID" 2>/dev/null
+  pkill -9 -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null || true
+  if [ -d "$dir" ]; then
+    awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  fi
+  return 0
+}
+
 # Starts a containerd of the test suite's own under $1 (root, state, socket, config there) and exports
-# SPACEDOCK_TEST_CONTAINERD with its socket; it stops when the calling shell exits.
+# SPACEDOCK_TEST_CONTAINERD with its socket; it stops, with everything it ran, when the calling shell exits.
 start_test_containerd() {
   local dir=$1
+  stop_test_containerd "$dir"
   rm -rf "$dir" && mkdir -p "$dir"
   cat >"$dir/config.toml" <<TOML
 version = 2
@@ -70,7 +91,7 @@ TOML
   step "containerd for the tests ($dir)"
   containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
   TEST_CONTAINERD_PID=$!
-  trap 'kill "$TEST_CONTAINERD_PID" 2>/dev/null; wait "$TEST_CONTAINERD_PID" 2>/dev/null' EXIT
+  trap "stop_test_containerd '$dir'" EXIT
   for _ in $(seq 1 100); do
     [ -S "$dir/containerd.sock" ] && break
     sleep 0.1

@@ -141,6 +141,8 @@ pub struct Coordinator {
     pub quic_addr: String,
     pub log: PathBuf,
     child: Option<Child>,
+    /// Flags every start gets (a config file), beyond those of the first start (join and token).
+    flags: Vec<String>,
 }
 
 impl Coordinator {
@@ -152,6 +154,7 @@ impl Coordinator {
             quic_addr: format!("127.0.0.1:{}", free_udp_port()),
             log: dir.join(format!("coordinator-{id}.log")),
             child: None,
+            flags: Vec::new(),
         }
     }
 
@@ -162,7 +165,8 @@ impl Coordinator {
 
     /// `bootstrap` with extra flags (e.g. `--node-ttl-seconds 3`).
     pub fn bootstrap_with(dir: &Path, extra: &[&str]) -> Coordinator {
-        let c = Coordinator::first_start(dir, 1, extra);
+        let mut c = Coordinator::first_start(dir, 1, extra);
+        c.flags = extra.iter().map(|s| (*s).to_owned()).collect();
         c.wait_ready();
         c
     }
@@ -194,7 +198,8 @@ impl Coordinator {
         let join = via.quic_addr.clone();
         let mut args = vec!["--join", join.as_str(), "--token", token.as_str()];
         args.extend_from_slice(extra);
-        let c = Coordinator::first_start(dir, id, &args);
+        let mut c = Coordinator::first_start(dir, id, &args);
+        c.flags = extra.iter().map(|s| (*s).to_owned()).collect();
         let started = Instant::now();
         while !c.log_text().contains("joined cluster") {
             assert!(
@@ -244,7 +249,9 @@ impl Coordinator {
 
     /// (Re)starts the process with the same data dir and ports.
     pub fn start(&mut self) {
-        self.start_with(&[]);
+        let flags = self.flags.clone();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.start_with(&flags);
     }
 
     fn start_with(&mut self, extra: &[&str]) {
@@ -598,4 +605,32 @@ pub fn http_get(base: &str, host: &str, path: &str) -> std::result::Result<(u16,
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
+}
+
+/// Removes, when dropped, every container an agent made in containerd namespace `ns` of the suite's containerd,
+/// with its network namespace: a test kills its agent, and containers outlive agents by design.
+#[derive(Debug)]
+pub struct ContainersGuard {
+    pub namespace: String,
+}
+
+impl Drop for ContainersGuard {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Runtime::new() else {
+            return;
+        };
+        runtime.block_on(async {
+            use spacedock_agent::containerd::Containerd;
+            use spacedock_agent::network;
+            let Ok(c) = Containerd::connect(&test_containerd(), &self.namespace).await else {
+                return;
+            };
+            for id in c.containers().await.unwrap_or_default() {
+                let _ = c.kill(&id, 9).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.wait(&id)).await;
+                c.remove(&id).await;
+                network::remove(&network::names(&id));
+            }
+        });
+    }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spacedock_cluster_tests::{
-    Agent, Coordinator, api, busybox_image, busybox_image_with, http_get, run, run_python,
-    test_containerd,
+    Agent, ContainersGuard, Coordinator, api, busybox_image, busybox_image_with, http_get, run,
+    run_python, test_containerd,
 };
 
 /// A coordinator with a small test flavor and one agent, both ready.
@@ -25,6 +25,8 @@ struct Cluster {
     admin: String,
     agent: Agent,
     namespace: String,
+    /// Declared after `agent`: dropped after the agent is killed.
+    _containers: ContainersGuard,
 }
 
 const FLAVORS: &str = r#"
@@ -90,6 +92,9 @@ impl Cluster {
             c,
             admin,
             agent,
+            _containers: ContainersGuard {
+                namespace: namespace.clone(),
+            },
             namespace,
         };
         cluster.wait(Duration::from_secs(30), "the agent ready", |c| {
@@ -305,10 +310,9 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
     assert!(!logs.contains(SECRET), "{logs}");
 
     // kill -9 and restart of the agent: the same container is adopted, and the Space stays RUNNING.
-    let mut agent = cl.agent;
-    agent.kill();
-    agent.restart();
-    let cl = Cluster { agent, ..cl };
+    let mut cl = cl;
+    cl.agent.kill();
+    cl.agent.restart();
     cl.wait(
         Duration::from_secs(30),
         "the running container adopted",
@@ -321,6 +325,20 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
     );
     cl.wait_stage(&id, "RUNNING", Duration::from_secs(30));
     assert_eq!(cl.allocation()["id"], alloc_id.as_str());
+
+    // A coordinator outage leaves the running container alone; back, the same allocation is RUNNING.
+    cl.c.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cl.containers().contains(&alloc_id), "{}", cl.containers());
+    cl.c.start();
+    cl.c.wait_ready();
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(30));
+    assert_eq!(cl.allocation()["id"], alloc_id.as_str());
+    // Reachable again once the agent notices and reconnects (its link times out after 10 s).
+    cl.wait(Duration::from_secs(40), "the Space answering again", |c| {
+        let (status, _) = http_get(&c.c.api_url, "admin-web.localhost", "/").ok()?;
+        (status == 200).then_some(())
+    });
 
     // Pause: the allocation goes, the container and its network are removed.
     api(

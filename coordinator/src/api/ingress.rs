@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 use super::Api;
 
+/// How long the leader waits for a node's link to come back before answering 503.
+const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Marks a request one coordinator already passed on, so it is never passed on again.
 const FORWARDED: &str = "x-spacedock-forwarded";
 
@@ -101,10 +104,21 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
         .await;
     match target {
         Ok(Target::Agent { node, allocation }) => {
+            if api.node.status().role != "leader" {
+                return via_leader(&api, request).await;
+            }
+            // The leader holds the agents' links; after a restart or failover they come back within seconds.
+            let deadline = tokio::time::Instant::now() + LINK_WAIT;
+            while !api.links.has(&node) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             if api.links.has(&node) {
                 tunnel(&api, &node, allocation, request).await
             } else {
-                via_leader(&api, request).await
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("The Space's node {node} is not connected; try again shortly."),
+                )
             }
         }
         Ok(Target::Page(status, text)) => page(status, &text),
