@@ -26,9 +26,8 @@ data_dir=${SPACEDOCK_DEV_DIR:-$HOME/.spacedock-dev}
 coordinators=${SPACEDOCK_COORDINATORS:-1}
 step "starting a $coordinators-coordinator cluster in $data_dir (Ctrl-C stops it)"
 cat <<MSG
-Not yet: running containers on the agent, builders and the ingress that build and serve the example Spaces
-(they are created as Space repos in the API now); they arrive with the agent, repos, builder and end-to-end
-issues.
+The example Spaces are created as Space repos; building them from git arrives with the repos and builder issues.
+admin/hello runs now: a prebuilt-image Space (busybox httpd) in a container, opened at the URL printed below.
 MSG
 exec "$bin/spacedock" dev --coordinators "$coordinators" --agents "${SPACEDOCK_AGENTS:-1}" \
   --data-dir "$data_dir" --examples ops/examples

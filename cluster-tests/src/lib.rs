@@ -507,73 +507,14 @@ pub fn busybox_image_with(
     marker: &str,
     files: &[(&str, &str)],
 ) -> PathBuf {
-    use sha2::Digest as _;
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox: install busybox-static (ops/test.sh does)");
-    let mut layer = tar::Builder::new(Vec::new());
-    let header = |kind: tar::EntryType, mode: u32, size: u64, uid: u64| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_mtime(0);
-        h
-    };
-    for (dir, uid) in [
-        ("bin/", 0),
-        ("www/", 0),
-        ("home/", 0),
-        ("home/user/", 1000),
-        ("tmp/", 0),
-    ] {
-        let mut h = header(tar::EntryType::Directory, 0o755, 0, uid);
-        layer.append_data(&mut h, dir, std::io::empty()).unwrap();
-    }
-    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64, 0);
-    layer
-        .append_data(&mut h, "bin/busybox", busybox.as_slice())
-        .unwrap();
-    let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
-    layer.append_link(&mut h, "bin/sh", "busybox").unwrap();
     let index = format!("<h1>{marker}</h1>\n");
-    let mut h = header(tar::EntryType::Regular, 0o644, index.len() as u64, 0);
-    layer
-        .append_data(&mut h, "www/index.html", index.as_bytes())
-        .unwrap();
-    for (path, contents) in files {
-        let mut h = header(tar::EntryType::Regular, 0o755, contents.len() as u64, 0);
-        layer
-            .append_data(&mut h, path, contents.as_bytes())
-            .unwrap();
-    }
-    let layer = layer.into_inner().unwrap();
-    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/home/user" },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-    })
-    .to_string();
-    let manifest = serde_json::json!([{
-        "Config": "config.json",
-        "RepoTags": [name],
-        "Layers": ["layer/layer.tar"],
-    }])
-    .to_string();
+    let mut all: Vec<(&str, &[u8], u32)> = vec![("www/index.html", index.as_bytes(), 0o644)];
+    all.extend(files.iter().map(|(p, c)| (*p, c.as_bytes(), 0o755)));
+    let archive = spacedock_shared::image::busybox_archive(name, &busybox, cmd, &all).unwrap();
     let path = dir.join(format!("{}.tar", name.replace([':', '/'], "_")));
-    let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
-    for (entry, bytes) in [
-        ("manifest.json", manifest.as_bytes()),
-        ("config.json", config.as_bytes()),
-        ("layer/layer.tar", layer.as_slice()),
-    ] {
-        let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64, 0);
-        archive.append_data(&mut h, entry, bytes).unwrap();
-    }
-    archive.finish().unwrap();
+    std::fs::write(&path, archive).unwrap();
     path
 }
 

@@ -1,12 +1,13 @@
 //! `spacedock dev` as a user runs it: three coordinators and two agents come up, `cluster.json` has its
-//! documented shape, the CLI reads the status through it, and SIGTERM stops every child.
+//! documented shape, the CLI reads the status through it, the demo Space answers through the ingress, and
+//! SIGTERM stops every child.
 
 #![allow(clippy::unwrap_used)] // test harness: panics are how tests fail
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use spacedock_cluster_tests::{binary, repo_root, run};
+use spacedock_cluster_tests::{ContainersGuard, binary, http_get, repo_root, run, test_containerd};
 
 #[test]
 fn dev_runs_and_stops_a_three_coordinator_cluster() {
@@ -24,6 +25,8 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
             "--data-dir",
         ])
         .arg(&data_dir)
+        .arg("--containerd-socket")
+        .arg(test_containerd())
         .current_dir(repo_root())
         .stdout(std::fs::File::create(dir.path().join("dev.out")).unwrap())
         .stderr(std::fs::File::create(dir.path().join("dev.err")).unwrap())
@@ -97,6 +100,28 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
     )
     .unwrap();
     assert_eq!(space["sdk"], "gradio");
+
+    // The demo Space runs in a container on one of the agents and answers through the ingress.
+    let _containers = [
+        ContainersGuard {
+            namespace: "spacedock-node-1".into(),
+        },
+        ContainersGuard {
+            namespace: "spacedock-node-2".into(),
+        },
+    ];
+    let started = Instant::now();
+    while !output().contains("Open http://admin-hello.localhost:") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the demo Space did not start:\n{}",
+            output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = http_get(api_url, "admin-hello.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Hello from spacedock"), "{body}");
 
     // SIGTERM stops the command and every coordinator it started.
     Command::new("kill")

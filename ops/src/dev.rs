@@ -234,6 +234,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
             println!("  {}/api/spaces/admin/{name}", cluster.api_url);
         }
+        if !agents.is_empty() {
+            match demo_space(&admin, &dir) {
+                Ok(host) => println!(
+                    "Open {host}/ : admin/hello, a prebuilt-image Space running in a container"
+                ),
+                Err(e) => println!("The demo Space admin/hello did not start: {e:#}"),
+            }
+        }
     }
     println!(
         "Ctrl-C stops the cluster; its state stays in {}.",
@@ -246,6 +254,55 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     outcome?;
     println!("spacedock dev: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `admin/hello`, a prebuilt-image Space made from this machine's busybox-static (busybox `httpd` serving one
+/// page): a container running end to end, from the blob store through an agent to the ingress, before any
+/// builder is there. Returns its URL once it runs.
+fn demo_space(admin: &Client, dir: &Path) -> anyhow::Result<String> {
+    let busybox = std::fs::read("/bin/busybox")
+        .context("reading /bin/busybox (apt-get install busybox-static)")?;
+    let page = b"<!doctype html><html><head><meta charset=\"utf-8\"><title>Hello</title></head><body>\
+<h1>Hello from spacedock</h1><p>This Space runs a prebuilt image in a container on one of this cluster's agents, \
+reached through the coordinator's ingress.</p></body></html>\n";
+    let archive = spacedock_shared::image::busybox_archive(
+        "spacedock/hello:1",
+        &busybox,
+        &["busybox", "httpd", "-f", "-v", "-p", "8080", "-h", "/www"],
+        &[("www/index.html", page.as_slice(), 0o644)],
+    )?;
+    let path = dir.join("hello-image.tar");
+    std::fs::write(&path, archive).with_context(|| format!("writing {}", path.display()))?;
+    crate::image::import(admin, &path, None)?;
+    let body = json!({ "name": "hello", "type": "space", "sdk": "docker" });
+    match admin.post("/api/repos/create", &body) {
+        Err(e) if !e.to_string().contains("HTTP 409") => return Err(e),
+        _ => {}
+    }
+    admin.put(
+        "/api/spaces/admin/hello/image",
+        &json!({ "image": "spacedock/hello:1", "port": 8080, "startupTimeout": 120 }),
+    )?;
+    let started = Instant::now();
+    loop {
+        let info = admin.get("/api/spaces/admin/hello")?;
+        let stage = info["runtime"]["stage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if stage == "RUNNING" {
+            return Ok(info["host"].as_str().unwrap_or_default().to_owned());
+        }
+        if stage == "RUNTIME_ERROR" || started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "it is {stage}: {}",
+                info["runtime"]["errorMessage"]
+                    .as_str()
+                    .unwrap_or("no message")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// `(name, sdk)` of each valid example Space under `dir`.

@@ -1,5 +1,5 @@
 //! Reading an OCI image config (the JSON both OCI layouts and docker archives carry): what the container runs
-//! and the diff ids its layers must have.
+//! and the diff ids its layers must have; and writing a one-layer busybox image archive.
 
 use crate::wire::ImageConfig;
 
@@ -50,6 +50,77 @@ pub fn parse_config(bytes: &[u8]) -> Result<(ImageConfig, Vec<String>), String> 
         return Err("image config: neither Entrypoint nor Cmd says what to run".into());
     }
     Ok((image, config.rootfs.diff_ids))
+}
+
+/// A `docker save` archive of a one-layer image made from a static busybox: `busybox` (its bytes) as
+/// `/bin/busybox` with `/bin/sh`, the directories `/www`, `/tmp` and `/home/user` (uid 1000), then `files`
+/// (`path`, contents, mode), `PATH=/bin`, `cmd` as its command in `/home/user`, tagged `name`. No IO: the caller
+/// reads busybox and writes the archive. Used for test images and the one-machine demo Space, which need no
+/// registry.
+pub fn busybox_archive(
+    name: &str,
+    busybox: &[u8],
+    cmd: &[&str],
+    files: &[(&str, &[u8], u32)],
+) -> std::io::Result<Vec<u8>> {
+    use sha2::Digest as _;
+    let header = |kind: tar::EntryType, mode: u32, size: usize, uid: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size as u64);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_mtime(0);
+        h
+    };
+    let mut layer = tar::Builder::new(Vec::new());
+    for (dir, uid) in [
+        ("bin/", 0),
+        ("www/", 0),
+        ("home/", 0),
+        ("home/user/", 1000),
+        ("tmp/", 0),
+    ] {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0, uid);
+        layer.append_data(&mut h, dir, std::io::empty())?;
+    }
+    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len(), 0);
+    layer.append_data(&mut h, "bin/busybox", busybox)?;
+    let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+    layer.append_link(&mut h, "bin/sh", "busybox")?;
+    for (path, contents, mode) in files {
+        let mut h = header(tar::EntryType::Regular, *mode, contents.len(), 0);
+        layer.append_data(&mut h, path, *contents)?;
+    }
+    let layer = layer.into_inner()?;
+    let hex: String = sha2::Sha256::digest(&layer)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/home/user" },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{hex}")] },
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [name],
+        "Layers": ["layer/layer.tar"],
+    }])
+    .to_string();
+    let mut archive = tar::Builder::new(Vec::new());
+    for (entry, bytes) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("layer/layer.tar", layer.as_slice()),
+    ] {
+        let mut h = header(tar::EntryType::Regular, 0o644, bytes.len(), 0);
+        archive.append_data(&mut h, entry, bytes)?;
+    }
+    archive.into_inner()
 }
 
 #[cfg(test)]
