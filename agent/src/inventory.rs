@@ -1,15 +1,110 @@
-//! What this node has: CPU, memory, free disk under the data dir, kernel, and GPUs through NVML. Without an
-//! NVIDIA driver the node simply has no GPUs, with one line saying why.
+//! What this node has: CPU, memory, free disk under the data dir, kernel, and GPUs through NVML, with the
+//! critical XID errors a watcher thread collects from NVML's event set. Without an NVIDIA driver the node simply
+//! has no GPUs, with one line saying why.
 
 use std::path::Path;
 
 use spacedock_shared::wire::{GpuInfo, Inventory, Label};
+
+/// Critical XID errors seen per GPU UUID: how many, and the last code.
+#[derive(Debug, Default)]
+pub struct XidCounts {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+}
+
+impl XidCounts {
+    pub fn record(&self, uuid: &str, xid: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(uuid.to_owned()).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = xid;
+    }
+
+    /// Fills the GPUs' XID fields.
+    pub fn apply(&self, gpus: &mut [GpuInfo]) {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for gpu in gpus {
+            if let Some((count, last)) = seen.get(&gpu.uuid) {
+                gpu.xid_errors = *count;
+                gpu.last_xid = Some(*last);
+            }
+        }
+    }
+}
+
+/// Watches NVML's critical XID events on every GPU, on a thread of its own, until the process ends. Without
+/// NVML, or GPUs that do not report XID events, there is nothing to watch and it says so once.
+pub fn watch_xid(counts: std::sync::Arc<XidCounts>) {
+    let spawned = std::thread::Builder::new()
+        .name("xid-events".into())
+        .spawn(move || {
+            use nvml_wrapper::bitmasks::event::EventTypes;
+            use nvml_wrapper::enums::event::XidError;
+            use nvml_wrapper::error::NvmlError;
+            let Ok(nvml) = nvml_wrapper::Nvml::init() else {
+                return;
+            };
+            let Ok(mut set) = nvml.create_event_set() else {
+                tracing::warn!("NVML has no event sets here; XID errors are not watched");
+                return;
+            };
+            let mut watched = 0;
+            for index in 0..nvml.device_count().unwrap_or(0) {
+                let Ok(device) = nvml.device_by_index(index) else {
+                    continue;
+                };
+                let supported = device
+                    .supported_event_types()
+                    .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
+                if !supported {
+                    tracing::warn!(gpu = index, "this GPU does not report XID events");
+                    continue;
+                }
+                // A failed registration frees the whole set (NVML's rule), so stop there.
+                match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                    Ok(registered) => {
+                        set = registered;
+                        watched += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(gpu = index, error = %e.error, "cannot watch XID events");
+                        return;
+                    }
+                }
+            }
+            if watched == 0 {
+                return;
+            }
+            loop {
+                match set.wait(5_000) {
+                    Ok(event) => {
+                        let xid = match event.event_data {
+                            Some(XidError::Value(v)) => v,
+                            _ => 0,
+                        };
+                        let uuid = event.device.uuid().unwrap_or_default();
+                        tracing::error!(gpu = uuid, xid, "critical XID error");
+                        counts.record(&uuid, xid);
+                    }
+                    Err(NvmlError::Timeout) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "waiting for XID events failed; watching stops");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the XID watcher");
+    }
+}
 
 /// Collects the inventory; never fails (what cannot be read is zero or empty).
 pub fn collect(
     name: &str,
     labels: &std::collections::BTreeMap<String, String>,
     data_dir: &Path,
+    xids: &XidCounts,
 ) -> Inventory {
     let memory_bytes = sysinfo::System::new()
         .map(|mut system| {
@@ -17,7 +112,8 @@ pub fn collect(
             system.total_memory()
         })
         .unwrap_or(0);
-    let gpus = nvml();
+    let mut gpus = nvml();
+    xids.apply(&mut gpus.devices);
     Inventory {
         name: name.to_owned(),
         labels: labels
@@ -131,6 +227,8 @@ fn gpu(index: u32, device: &nvml_wrapper::Device<'_>) -> GpuInfo {
         ecc_uncorrected: device
             .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
             .ok(),
+        xid_errors: 0,
+        last_xid: None,
     }
 }
 
@@ -139,10 +237,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn xid_errors_are_counted_per_gpu() {
+        let counts = XidCounts::default();
+        counts.record("GPU-a", 79);
+        counts.record("GPU-a", 48);
+        let gpu = |uuid: &str| GpuInfo {
+            index: 0,
+            uuid: uuid.into(),
+            name: "H200".into(),
+            memory_total_bytes: 0,
+            mig_mode: String::new(),
+            mig_devices: vec![],
+            compute_capability: String::new(),
+            pci_bus_id: String::new(),
+            power_limit_milliwatts: 0,
+            ecc_uncorrected: None,
+            xid_errors: 0,
+            last_xid: None,
+        };
+        let mut gpus = vec![gpu("GPU-a"), gpu("GPU-b")];
+        counts.apply(&mut gpus);
+        assert_eq!((gpus[0].xid_errors, gpus[0].last_xid), (2, Some(48)));
+        assert_eq!((gpus[1].xid_errors, gpus[1].last_xid), (0, None));
+    }
+
+    #[test]
     fn inventory_without_a_gpu_driver_is_clean() {
         let dir = tempfile::tempdir().unwrap();
         let labels = std::collections::BTreeMap::from([("rack".to_owned(), "r1".to_owned())]);
-        let inv = collect("n1", &labels, dir.path());
+        let inv = collect("n1", &labels, dir.path(), &XidCounts::default());
         assert_eq!(inv.name, "n1");
         assert!(inv.cpu_cores >= 1);
         assert!(inv.memory_bytes > 0);

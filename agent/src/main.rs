@@ -96,7 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let fetcher = fetch::Fetcher::new(&identity, config.join.clone(), &name, &config.data_dir)?;
         let subnet = network::Subnet::parse(&config.container_subnet)
             .map_err(|e| anyhow::anyhow!("container_subnet: {e}"))?;
-        let gpus = inventory::collect(&name, &config.labels, &config.data_dir).gpus;
+        let xids = std::sync::Arc::new(inventory::XidCounts::default());
+        inventory::watch_xid(xids.clone());
+        let gpus = inventory::collect(&name, &config.labels, &config.data_dir, &xids).gpus;
         if !gpus.is_empty() && cdi::load(&cdi::CDI_DIRS).is_ok_and(|s| s.is_empty()) {
             tracing::warn!(
                 "this node has GPUs but no NVIDIA CDI spec in /etc/cdi or /var/run/cdi; GPU Spaces will fail \
@@ -114,7 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fetcher,
         );
         tokio::select! {
-            result = session::run(&config, &name, &identity, runner, reports) => result,
+            result = session::run(&config, &name, &identity, runner, reports, xids) => result,
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })?;

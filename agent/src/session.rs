@@ -104,6 +104,7 @@ pub async fn run(
     identity: &Identity,
     runner: Arc<Runner>,
     mut reports: mpsc::UnboundedReceiver<AllocationStatus>,
+    xids: Arc<inventory::XidCounts>,
 ) -> anyhow::Result<()> {
     let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
         .context("QUIC client endpoint")?;
@@ -111,6 +112,7 @@ pub async fn run(
     let mut targets: Vec<String> = config.join.clone();
     let mut attempt = 0u32;
     let link = Link {
+        xids: &xids,
         endpoint: &endpoint,
         client_config: &client_config,
         config,
@@ -141,8 +143,12 @@ pub async fn run(
 }
 
 /// The inventory with containerd's version (empty, and a warning, when containerd cannot be reached).
-async fn current_inventory(config: &AgentConfig, name: &str) -> wire::Inventory {
-    let mut inventory = inventory::collect(name, &config.labels, &config.data_dir);
+async fn current_inventory(
+    config: &AgentConfig,
+    name: &str,
+    xids: &inventory::XidCounts,
+) -> wire::Inventory {
+    let mut inventory = inventory::collect(name, &config.labels, &config.data_dir, xids);
     match runtime::containerd_version(&config.containerd_socket).await {
         Ok(version) => inventory.containerd_version = version,
         Err(e) => {
@@ -160,6 +166,7 @@ enum Outcome {
 }
 
 struct Link<'a> {
+    xids: &'a inventory::XidCounts,
     endpoint: &'a quinn::Endpoint,
     client_config: &'a quinn::ClientConfig,
     config: &'a AgentConfig,
@@ -187,7 +194,11 @@ impl Link<'_> {
             TIMEOUT,
         )
         .await?;
-        send(&mut tx, &current_inventory(config, name).await.into()).await?;
+        send(
+            &mut tx,
+            &current_inventory(config, name, self.xids).await.into(),
+        )
+        .await?;
         match tokio::time::timeout(TIMEOUT, rx.recv())
             .await
             .map_err(|_| anyhow!("no answer to the inventory"))??
@@ -230,7 +241,7 @@ impl Link<'_> {
                         return Outcome::Lost(anyhow!("no heartbeat answer within {TIMEOUT:?}"));
                     }
                     if last_inventory.elapsed() >= INVENTORY_REFRESH {
-                        let inventory = current_inventory(self.config, self.name).await;
+                        let inventory = current_inventory(self.config, self.name, self.xids).await;
                         if let Err(e) = send(tx, &inventory.into()).await {
                             return Outcome::Lost(e.into());
                         }

@@ -192,6 +192,9 @@ pub struct GpuInfo {
     pub power_limit_milliwatts: u32,
     /// Volatile uncorrected ECC errors, when NVML reports them.
     pub ecc_uncorrected: Option<u64>,
+    /// Critical XID errors NVML reported for this GPU since the agent started, and the last one's code.
+    pub xid_errors: u64,
+    pub last_xid: Option<u64>,
 }
 
 /// A key and value (node labels).

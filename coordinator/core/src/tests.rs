@@ -780,6 +780,8 @@ mod scheduling {
                     pci_bus_id: String::new(),
                     power_limit_milliwatts: 70_000,
                     ecc_uncorrected: None,
+                    xid_errors: 0,
+                    last_xid: None,
                 })
                 .collect(),
             gpu_note: String::new(),
@@ -912,6 +914,23 @@ mod scheduling {
         );
         pass(&mut c);
         assert_eq!(placed(&c), vec![("space:alice/a".into(), "n2".into())]);
+        // Draining moves it off too, to a ready node.
+        c.system(Command::RegisterNode {
+            inventory: inventory("n1", 2, 16, 0),
+        })
+        .unwrap();
+        c.system(Command::SetNodeState {
+            name: "n2".into(),
+            state: NodeState::Draining,
+        })
+        .unwrap();
+        let steps = pass(&mut c);
+        assert!(
+            matches!(&steps[0], Step::Remove { reason, .. } if reason.contains("n2 is draining")),
+            "{steps:?}"
+        );
+        pass(&mut c);
+        assert_eq!(placed(&c), vec![("space:alice/a".into(), "n1".into())]);
     }
 
     #[test]

@@ -524,7 +524,7 @@ fn node_json(state: &State, n: &spacedock_coordinator_core::state::Node) -> Valu
                 "index": g.index, "uuid": g.uuid, "name": g.name, "memoryTotalBytes": g.memory_total_bytes,
                 "migMode": g.mig_mode, "migDevices": g.mig_devices, "computeCapability": g.compute_capability,
                 "pciBusId": g.pci_bus_id, "powerLimitMilliwatts": g.power_limit_milliwatts,
-                "eccUncorrected": g.ecc_uncorrected,
+                "eccUncorrected": g.ecc_uncorrected, "xidErrors": g.xid_errors, "lastXid": g.last_xid,
             })
         })
         .collect();
