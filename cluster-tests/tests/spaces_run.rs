@@ -359,6 +359,24 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
         status == 503 && body.contains("admin/web is paused"),
         "{status} {body}"
     );
+    // Its running minutes are on the ledger, priced by the flavor; paused, it adds none.
+    let usage = || {
+        let out = cl.cli(&["usage", "--namespace", "admin", "--json"]);
+        assert_eq!(out.code, Some(0), "{out:?}");
+        serde_json::from_str::<Value>(&out.stdout).unwrap()
+    };
+    let report = usage();
+    let line = &report["spaces"][0];
+    assert_eq!(
+        (line["id"].as_str(), line["flavor"].as_str()),
+        (Some("admin/web"), Some("test-small")),
+        "{report}"
+    );
+    let minutes = line["minutes"].as_u64().unwrap();
+    assert!((1..=3).contains(&minutes), "{report}");
+    assert_ne!(line["costUsd"], "0.00", "{report}");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(usage()["totalMinutes"].as_u64(), Some(minutes));
     cl.assert_secret_never_logged();
 }
 

@@ -1,23 +1,34 @@
 //! The leader's scheduler loop: every pass it asks `schedule::plan` what to change and proposes it. Every
 //! placement is re-checked by `apply` against the state of its moment, so a plan made on stale state is refused,
-//! never applied.
+//! never applied. Every few seconds it also puts completed minutes of running allocations on the usage ledger
+//! (`usage::due`; entries already recorded are skipped, so a new leader neither loses nor repeats one).
 
 use std::time::Duration;
 
 use spacedock_coordinator_core::schedule::{self, Step};
+use spacedock_coordinator_core::{Command, usage};
 
 use crate::api;
 use crate::node::NodeHandle;
 
 const PASS: Duration = Duration::from_millis(250);
+/// How often the meter looks for completed minutes.
+const METER_EVERY: Duration = Duration::from_secs(5);
+/// Most ledger entries in one proposal.
+const METER_BATCH: usize = 2000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs while the process does; acts only while this coordinator leads.
 pub async fn run(node: NodeHandle) {
+    let mut metered = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(PASS).await;
         if node.status().role != "leader" {
             continue;
+        }
+        if metered.elapsed() >= METER_EVERY {
+            metered = tokio::time::Instant::now();
+            meter(&node).await;
         }
         let steps = node.read_local(schedule::plan);
         for step in steps {
@@ -38,5 +49,20 @@ fn describe(step: &Step) -> String {
         Step::Remove { id, reason } => format!("remove allocation {id}: {reason}"),
         Step::Place { space, node, gpus } => format!("place {space} on {node} (GPUs {gpus:?})"),
         Step::NoCapacity { space, message } => format!("{space}: {message}"),
+    }
+}
+
+/// Records the completed minutes that are due.
+async fn meter(node: &NodeHandle) {
+    let now = api::system_clock();
+    let due = node.read_local(|s| usage::due(s, now));
+    for entries in due.chunks(METER_BATCH) {
+        let command = Command::RecordUsage {
+            entries: entries.to_vec(),
+        };
+        if let Err(e) = api::propose_as_cluster(node, command, WRITE_TIMEOUT).await {
+            tracing::info!(error = %e, "meter: minutes not recorded yet");
+            return;
+        }
     }
 }

@@ -278,3 +278,42 @@ pub fn token(client: &Client, command: TokenCommand) -> anyhow::Result<ExitCode>
         }
     }
 }
+
+/// `spacedock usage`.
+pub fn usage(
+    client: &Client,
+    namespace: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let query: Vec<String> = [("namespace", namespace), ("from", from), ("to", to)]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    let report = client.get(&format!("/api/usage?{}", query.join("&")))?;
+    if json {
+        return print(&report);
+    }
+    println!(
+        "{:<40} {:<16} {:>8} {:>12}",
+        "SPACE", "FLAVOR", "MINUTES", "COST_USD"
+    );
+    for s in report["spaces"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{:<40} {:<16} {:>8} {:>12}",
+            s["id"].as_str().unwrap_or("?"),
+            s["flavor"].as_str().unwrap_or("?"),
+            s["minutes"],
+            s["costUsd"].as_str().unwrap_or("?"),
+        );
+    }
+    println!(
+        "{:<40} {:<16} {:>8} {:>12}",
+        "total",
+        "",
+        report["totalMinutes"],
+        report["totalCostUsd"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -45,6 +45,21 @@ enum Command {
     /// Images in the cluster's store: import a docker-archive or OCI layout, list.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Running minutes and cost per Space and flavor, from the usage ledger.
+    Usage {
+        /// A user or organization [default: yours; every namespace for cluster admins].
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Start of the window, ISO 8601 (2026-11-01 or 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window [default: now].
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Worker nodes: state (ready, down, draining), inventory and GPUs.
     Nodes {
         /// Print the API's JSON.
@@ -165,6 +180,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(ImageCommand::List { json }) => {
             image::list(&client()?, json).map(|()| ExitCode::SUCCESS)
         }
+        Command::Usage {
+            namespace,
+            from,
+            to,
+            json,
+        } => admin::usage(&client()?, namespace, from, to, json),
         Command::Cluster(command) => admin::cluster(&client()?, command),
         Command::Nodes {
             json,

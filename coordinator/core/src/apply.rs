@@ -13,11 +13,11 @@ use crate::access::{
 };
 use crate::command::{Command, Envelope, KeyValue, NewToken, SpaceSpec};
 use crate::error::ApplyError;
-use crate::schedule;
 use crate::state::{
     AllocationPhase, JoinToken, Millis, Node, NodeState, Org, Repo, RepoKind, Role, Secret,
     SecretValue, SpaceImage, SpaceState, Stage, State, Token, User, Variable, repo_key,
 };
+use crate::{schedule, usage};
 
 /// Longest `startup_duration_timeout` a Space may ask for (a day).
 pub const MAX_STARTUP_TIMEOUT_S: u64 = 86_400;
@@ -567,6 +567,7 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             allocation.message = String::new();
             allocation.created_at = at;
             allocation.updated_at = at;
+            allocation.billable_since = None;
             if let Some(space) = state
                 .repos
                 .get_mut(&allocation.space)
@@ -588,6 +589,7 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                     what: "allocation",
                     name: id.clone(),
                 })?;
+            usage::close(state, &removed, at);
             if let Some(space) = state
                 .repos
                 .get_mut(&removed.space)
@@ -610,6 +612,11 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             space.error_message = Some(message.clone());
             Ok(())
         }
+        Command::RecordUsage { entries } => {
+            system_only(&principal_hash)?;
+            usage::record(state, entries);
+            Ok(())
+        }
         Command::ReportAllocation {
             id,
             node,
@@ -628,8 +635,21 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             allocation.phase = *phase;
             allocation.message = message.clone();
             allocation.updated_at = at;
-            let key = allocation.space.clone();
-            if let Some(space) = state.repos.get_mut(&key).and_then(|r| r.space.as_mut())
+            let billable = matches!(phase, AllocationPhase::Starting | AllocationPhase::Running);
+            if billable && allocation.billable_since.is_none() {
+                allocation.billable_since = Some(at);
+            }
+            let reported = allocation.clone();
+            if *phase == AllocationPhase::Failed {
+                usage::close(state, &reported, at);
+                if let Some(a) = state.allocations.get_mut(id) {
+                    a.billable_since = None;
+                }
+            }
+            if let Some(space) = state
+                .repos
+                .get_mut(&reported.space)
+                .and_then(|r| r.space.as_mut())
                 && space.stage != Stage::Paused
             {
                 let (stage, error) = match phase {

@@ -10,6 +10,7 @@ use spacedock_shared::flavor::Flavor;
 
 use crate::state::{
     Allocation, AllocationPhase, Image, Member, Millis, NodeRole, NodeState, RepoKind, Role,
+    UsageMinute,
 };
 
 /// Version of the envelope encoding this build writes.
@@ -215,6 +216,10 @@ pub enum Command {
         space: String,
         message: String,
     },
+    /// The leader's meter puts completed minutes on the usage ledger (entries already there are skipped).
+    RecordUsage {
+        entries: Vec<UsageMinute>,
+    },
     /// An agent reports where one of its allocations is.
     ReportAllocation {
         id: String,
@@ -282,6 +287,7 @@ impl Command {
             Command::PlaceAllocation { .. } => "PlaceAllocation",
             Command::RemoveAllocation { .. } => "RemoveAllocation",
             Command::WaitForCapacity { .. } => "WaitForCapacity",
+            Command::RecordUsage { .. } => "RecordUsage",
             Command::ReportAllocation { .. } => "ReportAllocation",
         }
     }

@@ -7,6 +7,7 @@ pub mod command;
 pub mod error;
 pub mod schedule;
 pub mod state;
+pub mod usage;
 
 pub use apply::apply;
 pub use command::{Command, Envelope};

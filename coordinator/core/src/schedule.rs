@@ -157,6 +157,7 @@ pub fn plan(state: &State) -> Vec<Step> {
                         message: String::new(),
                         created_at: 0,
                         updated_at: 0,
+                        billable_since: None,
                     },
                 );
                 steps.push(Step::Place {
@@ -203,6 +204,7 @@ impl Step {
                         message: String::new(),
                         created_at: 0,
                         updated_at: 0,
+                        billable_since: None,
                         space,
                     },
                 })

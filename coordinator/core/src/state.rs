@@ -334,6 +334,21 @@ pub struct Allocation {
     pub message: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Since when it is billed: set by the first report that it is starting or running.
+    pub billable_since: Option<Millis>,
+}
+
+/// One Space's minute on the usage ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct UsageMinute {
+    /// The Space's repo uid (stable across renames) and its id and namespace when recorded.
+    pub space_uid: String,
+    pub space_id: String,
+    pub namespace: String,
+    pub flavor: String,
+    /// Minutes since the epoch.
+    pub minute: u64,
+    pub price_per_hour: spacedock_shared::money::MicroUsd,
 }
 
 pub use spacedock_shared::wire::AllocationPhase;
@@ -395,6 +410,8 @@ pub struct State {
     pub images: BTreeMap<String, Image>,
     /// Allocations by id.
     pub allocations: BTreeMap<String, Allocation>,
+    /// The usage ledger by `SPACE_UID/MINUTE`.
+    pub usage: BTreeMap<String, UsageMinute>,
 }
 
 /// The key a repo is stored under: kind and case-folded id, so `User/App` and `user/app` are one repo.

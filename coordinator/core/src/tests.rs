@@ -757,7 +757,7 @@ mod scheduling {
     use crate::state::{AllocationPhase, Image, NodeState};
     use spacedock_shared::wire::{GpuInfo, ImageConfig, Inventory, Layer};
 
-    fn inventory(name: &str, cores: u32, memory_gib: u64, gpus: u32) -> Inventory {
+    pub(super) fn inventory(name: &str, cores: u32, memory_gib: u64, gpus: u32) -> Inventory {
         Inventory {
             name: name.into(),
             labels: vec![],
@@ -789,7 +789,7 @@ mod scheduling {
     }
 
     /// A cluster with an image and `spaces` Spaces of alice running it on `flavor`.
-    fn with_spaces(spaces: &[&str], flavor: &str) -> Cluster {
+    pub(super) fn with_spaces(spaces: &[&str], flavor: &str) -> Cluster {
         let mut c = Cluster::new();
         c.run(
             ALICE,
@@ -832,7 +832,7 @@ mod scheduling {
         c
     }
 
-    fn add_node(c: &mut Cluster, name: &str, cores: u32, memory_gib: u64, gpus: u32) {
+    pub(super) fn add_node(c: &mut Cluster, name: &str, cores: u32, memory_gib: u64, gpus: u32) {
         c.system(Command::RegisterNode {
             inventory: inventory(name, cores, memory_gib, gpus),
         })
@@ -840,7 +840,7 @@ mod scheduling {
     }
 
     /// Runs one scheduler pass the way the leader does; returns the steps.
-    fn pass(c: &mut Cluster) -> Vec<Step> {
+    pub(super) fn pass(c: &mut Cluster) -> Vec<Step> {
         let steps = plan(&c.state);
         for (i, step) in steps.clone().into_iter().enumerate() {
             let id = format!("a{}-{i}", c.clock);
@@ -1073,5 +1073,104 @@ mod scheduling {
             },
         );
         assert!(matches!(err, ApplyError::Forbidden(_)), "{err}");
+    }
+}
+
+mod ledger {
+    use super::*;
+    use crate::state::AllocationPhase;
+    use crate::usage::{due, minute_of, report};
+
+    #[test]
+    fn running_minutes_are_recorded_once_and_paused_time_is_free() {
+        let mut c = super::scheduling::with_spaces(&["alice/a"], "cpu-upgrade");
+        super::scheduling::add_node(&mut c, "n1", 8, 64, 0);
+        super::scheduling::pass(&mut c);
+        let id = c.state.allocations.keys().next().unwrap().clone();
+        // Starting at the first second of a minute M.
+        let m = 28_333_334u64;
+        c.clock = m * 60_000;
+        c.system(Command::ReportAllocation {
+            id: id.clone(),
+            node: "n1".into(),
+            phase: AllocationPhase::Starting,
+            message: String::new(),
+        })
+        .unwrap();
+        // Pulling is free: billing starts with the report.
+        assert_eq!(
+            c.state.allocations[&id].billable_since,
+            Some(m * 60_000 + 1000)
+        );
+        // 3.5 minutes later the leader records the three completed minutes; doing it again adds nothing.
+        let now = m * 60_000 + 210_000;
+        let entries = due(&c.state, now);
+        assert_eq!(
+            entries.iter().map(|e| e.minute - m).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        c.system(Command::RecordUsage {
+            entries: entries.clone(),
+        })
+        .unwrap();
+        assert!(due(&c.state, now).is_empty());
+        // A new leader, or a retried proposal, recording the same minutes changes nothing.
+        c.system(Command::RecordUsage { entries }).unwrap();
+        assert_eq!(c.state.usage.len(), 3);
+        // Paused at M+5m12s: the scheduler's removal closes the ledger through minute M+5.
+        c.clock = m * 60_000 + 311_000;
+        c.run(
+            ALICE,
+            Command::Pause {
+                id: "alice/a".into(),
+            },
+        )
+        .unwrap();
+        super::scheduling::pass(&mut c);
+        assert!(c.state.allocations.is_empty());
+        assert_eq!(c.state.usage.len(), 6);
+        // Paused time adds nothing.
+        assert!(due(&c.state, m * 60_000 + 3_600_000).is_empty());
+        let lines = report(&c.state, Some("alice"), 0, u64::MAX / 2);
+        assert_eq!(lines.len(), 1);
+        let price = Catalog::huggingface()
+            .get("cpu-upgrade")
+            .unwrap()
+            .price_per_hour
+            .0;
+        assert_eq!((lines[0].minutes, lines[0].cost.0), (6, 6 * (price / 60)));
+        assert_eq!(lines[0].space_id, "alice/a");
+        assert!(report(&c.state, Some("bob"), 0, u64::MAX / 2).is_empty());
+        // A window that ends before minute M+3 holds three minutes.
+        let early = report(&c.state, None, m * 60_000, (m + 3) * 60_000);
+        assert_eq!(early[0].minutes, 3);
+        assert_eq!(minute_of(m * 60_000 + 59_999), m);
+    }
+
+    #[test]
+    fn a_failed_allocation_stops_being_billed_when_it_fails() {
+        let mut c = super::scheduling::with_spaces(&["alice/a"], "cpu-upgrade");
+        super::scheduling::add_node(&mut c, "n1", 8, 64, 0);
+        super::scheduling::pass(&mut c);
+        let id = c.state.allocations.keys().next().unwrap().clone();
+        let m = 28_333_400u64;
+        c.clock = m * 60_000;
+        for (phase, minutes_later) in [(AllocationPhase::Running, 0), (AllocationPhase::Failed, 2)]
+        {
+            c.clock = m * 60_000 + minutes_later * 60_000;
+            c.system(Command::ReportAllocation {
+                id: id.clone(),
+                node: "n1".into(),
+                phase,
+                message: "x".into(),
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            c.state.usage.len(),
+            3,
+            "minutes M, M+1 and the failing one, M+2"
+        );
+        assert!(due(&c.state, (m + 30) * 60_000).is_empty());
     }
 }

@@ -12,6 +12,7 @@ mod json;
 mod logs;
 mod repos;
 mod spaces;
+mod usage;
 
 pub use cluster::new_token_secret;
 
@@ -78,6 +79,7 @@ pub fn router(api: Api) -> Router {
         .merge(cluster::routes())
         .merge(images::routes())
         .merge(logs::routes())
+        .merge(usage::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -342,9 +344,48 @@ pub fn iso8601(ms: u64) -> String {
     )
 }
 
+/// Milliseconds since the epoch of `2026-11-26` or `2026-11-26T10:00:00[.123]Z` (UTC).
+pub fn parse_iso8601(s: &str) -> Option<u64> {
+    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || date.len() != 10 {
+        return None;
+    }
+    let time = time.strip_suffix('Z')?;
+    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, m, sec) = (t.next()??, t.next()??, t.next()??);
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let ms: i64 = format!("{ms:0<3}").get(..3)?.parse().ok()?;
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let total = ((days * 86_400 + h * 3600 + m * 60 + sec) * 1000) + ms;
+    u64::try_from(total).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso8601_parses_what_it_writes() {
+        for ms in [0u64, 1_741_350_258_657, 951_782_400_000, 1_795_132_800_000] {
+            assert_eq!(parse_iso8601(&iso8601(ms)), Some(ms));
+        }
+        assert_eq!(parse_iso8601("2000-02-29"), Some(951_782_400_000));
+        assert_eq!(parse_iso8601("2026-13-01"), None);
+        assert_eq!(parse_iso8601("yesterday"), None);
+        assert_eq!(parse_iso8601("2026-11-26T10:00:00"), None);
+    }
 
     #[test]
     fn iso8601_is_utc_with_z() {
