@@ -521,6 +521,16 @@ pub fn busybox_image_with(
 /// `GET path` with `Host: host` to `base` (`http://ADDR`), over a plain HTTP/1.1 connection (so the `Host`
 /// header is exactly the one given). Returns the status and the body.
 pub fn http_get(base: &str, host: &str, path: &str) -> std::result::Result<(u16, String), String> {
+    http_get_with(base, host, path, &[])
+}
+
+/// `http_get` with extra request headers.
+pub fn http_get_with(
+    base: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::result::Result<(u16, String), String> {
     use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://").trim_end_matches('/');
     let mut stream =
@@ -528,9 +538,13 @@ pub fn http_get(base: &str, host: &str, path: &str) -> std::result::Result<(u16,
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .map_err(|e| e.to_string())?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spacedock_cluster_tests::{
-    Agent, ContainersGuard, Coordinator, api, busybox_image, busybox_image_with, http_get, run,
-    run_python, test_containerd,
+    Agent, ContainersGuard, Coordinator, api, busybox_image, busybox_image_with, http_get,
+    http_get_with, run, run_python, test_containerd,
 };
 
 /// A coordinator with a small test flavor and one agent, both ready.
@@ -651,4 +651,54 @@ fn an_upgraded_connection_is_piped_both_ways_through_the_ingress() {
         reader.read_line(&mut echoed).unwrap();
         assert_eq!(echoed, format!("{word}\n"));
     }
+}
+
+#[test]
+fn an_idle_space_sleeps_and_a_request_wakes_it() {
+    let cl = Cluster::start("sleepy", "10.208.0.0/24");
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/sleepy:1",
+        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
+        "awake again",
+    );
+    cl.import(&archive);
+    let id = cl.space("sleepy", "demo/sleepy:1", 60);
+    api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        &format!("/api/spaces/{id}/sleeptime"),
+        Some(json!({ "seconds": 3 })),
+    )
+    .unwrap();
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
+    let first = cl.allocation()["id"].as_str().unwrap().to_owned();
+    // Idle past its sleep time: SLEEPING, its allocation and container gone.
+    cl.wait_stage(&id, "SLEEPING", Duration::from_secs(30));
+    cl.wait(
+        Duration::from_secs(30),
+        "the sleeping Space's container removed",
+        |c| (c.allocation().is_null() && !c.containers().contains(&first)).then_some(()),
+    );
+    // A browser gets a page that reloads while the Space wakes.
+    let (status, body) = http_get_with(
+        &cl.c.api_url,
+        "admin-sleepy.localhost",
+        "/",
+        &[("Accept", "text/html")],
+    )
+    .unwrap();
+    assert!(
+        status == 503 && body.contains("waking up"),
+        "{status} {body}"
+    );
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(60));
+    // Asleep again, a plain client's request is held until the app answers, then served.
+    cl.wait_stage(&id, "SLEEPING", Duration::from_secs(30));
+    let (status, body) = http_get(&cl.c.api_url, "admin-sleepy.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("awake again"), "{body}");
+    assert_eq!(cl.runtime(&id)["stage"], "RUNNING");
+    assert_ne!(cl.allocation()["id"].as_str(), Some(first.as_str()));
 }

@@ -1,6 +1,7 @@
 //! The coordinator's IO shell around `spacedock-coordinator-core`: storage engine, Raft store and driver, peer
 //! transport and HTTP API.
 
+pub mod activity;
 pub mod agents;
 pub mod api;
 pub mod blobs;

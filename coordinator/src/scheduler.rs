@@ -1,13 +1,16 @@
 //! The leader's scheduler loop: every pass it asks `schedule::plan` what to change and proposes it. Every
 //! placement is re-checked by `apply` against the state of its moment, so a plan made on stale state is refused,
 //! never applied. Every few seconds it also puts completed minutes of running allocations on the usage ledger
-//! (`usage::due`; entries already recorded are skipped, so a new leader neither loses nor repeats one).
+//! (`usage::due`; entries already recorded are skipped, so a new leader neither loses nor repeats one), and puts
+//! Spaces idle past their sleep time to sleep (`schedule::sleepy`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use spacedock_coordinator_core::schedule::{self, Step};
 use spacedock_coordinator_core::{Command, usage};
 
+use crate::activity::Activity;
 use crate::api;
 use crate::node::NodeHandle;
 
@@ -19,17 +22,21 @@ const METER_BATCH: usize = 2000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs while the process does; acts only while this coordinator leads.
-pub async fn run(node: NodeHandle) {
+pub async fn run(node: NodeHandle, activity: Arc<Activity>) {
     let mut metered = tokio::time::Instant::now();
+    let mut leading_since: Option<u64> = None;
     loop {
         tokio::time::sleep(PASS).await;
         if node.status().role != "leader" {
+            leading_since = None;
             continue;
         }
+        let since = *leading_since.get_or_insert_with(api::system_clock);
         if metered.elapsed() >= METER_EVERY {
             metered = tokio::time::Instant::now();
             meter(&node).await;
         }
+        sleep_idle(&node, &activity, since).await;
         let steps = node.read_local(schedule::plan);
         for step in steps {
             let what = describe(&step);
@@ -63,6 +70,26 @@ async fn meter(node: &NodeHandle) {
         if let Err(e) = api::propose_as_cluster(node, command, WRITE_TIMEOUT).await {
             tracing::info!(error = %e, "meter: minutes not recorded yet");
             return;
+        }
+    }
+}
+
+/// Puts Spaces idle past their sleep time to sleep. Activity lives in this leader's memory, so a new leader
+/// counts idleness from when it started leading.
+async fn sleep_idle(node: &NodeHandle, activity: &Activity, leading_since: u64) {
+    let now = api::system_clock();
+    let idle = node.read_local(|s| {
+        schedule::sleepy(s, now, |space| {
+            Some(activity.last(space).unwrap_or(0).max(leading_since))
+        })
+    });
+    for space in idle {
+        let command = Command::Sleep {
+            space: space.clone(),
+        };
+        match api::propose_as_cluster(node, command, WRITE_TIMEOUT).await {
+            Ok(()) => tracing::info!(space, "idle past its sleep time: sleeping"),
+            Err(e) => tracing::info!(space, error = %e, "could not put to sleep"),
         }
     }
 }

@@ -171,7 +171,8 @@ pub async fn run(
             _ => config.apps_domain.clone(),
         },
     };
-    tokio::spawn(crate::scheduler::run(node.clone()));
+    let activity = Arc::new(crate::activity::Activity::default());
+    tokio::spawn(crate::scheduler::run(node.clone(), activity.clone()));
     tokio::spawn(crate::agents::watch(
         node.clone(),
         liveness,
@@ -202,6 +203,7 @@ pub async fn run(
         ca_fingerprint: authority.ca_fingerprint.clone(),
         blobs,
         links,
+        activity: activity.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

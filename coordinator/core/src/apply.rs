@@ -612,6 +612,29 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             space.error_message = Some(message.clone());
             Ok(())
         }
+        Command::Sleep { space } | Command::Wake { space } => {
+            system_only(&principal_hash)?;
+            let sleeping = matches!(envelope.command, Command::Sleep { .. });
+            let s = state
+                .repos
+                .get_mut(space)
+                .and_then(|r| r.space.as_mut())
+                .ok_or_else(|| ApplyError::RepoNotFound(space.clone()))?;
+            let (from, to) = if sleeping {
+                (&[Stage::Running, Stage::AppStarting][..], Stage::Sleeping)
+            } else {
+                (&[Stage::Sleeping][..], Stage::AppStarting)
+            };
+            if s.image.is_none() || !from.contains(&s.stage) {
+                return Err(ApplyError::Conflict {
+                    message: format!("the Space is {}", s.stage.as_str()),
+                    url_path: None,
+                });
+            }
+            s.stage = to;
+            s.error_message = None;
+            Ok(())
+        }
         Command::RecordUsage { entries } => {
             system_only(&principal_hash)?;
             usage::record(state, entries);
@@ -650,7 +673,7 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 .repos
                 .get_mut(&reported.space)
                 .and_then(|r| r.space.as_mut())
-                && space.stage != Stage::Paused
+                && !matches!(space.stage, Stage::Paused | Stage::Sleeping)
             {
                 let (stage, error) = match phase {
                     AllocationPhase::Pulling | AllocationPhase::Starting => {

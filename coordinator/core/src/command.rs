@@ -220,6 +220,14 @@ pub enum Command {
     RecordUsage {
         entries: Vec<UsageMinute>,
     },
+    /// The leader puts a Space (repo key) that was idle past its sleep time to sleep; its allocation goes.
+    Sleep {
+        space: String,
+    },
+    /// A request reached a sleeping Space (repo key): it starts again.
+    Wake {
+        space: String,
+    },
     /// An agent reports where one of its allocations is.
     ReportAllocation {
         id: String,
@@ -288,6 +296,8 @@ impl Command {
             Command::RemoveAllocation { .. } => "RemoveAllocation",
             Command::WaitForCapacity { .. } => "WaitForCapacity",
             Command::RecordUsage { .. } => "RecordUsage",
+            Command::Sleep { .. } => "Sleep",
+            Command::Wake { .. } => "Wake",
             Command::ReportAllocation { .. } => "ReportAllocation",
         }
     }

@@ -10,7 +10,7 @@ use spacedock_shared::wire::{Assignment, EnvVar};
 
 use crate::command::Command;
 use crate::error::ApplyError;
-use crate::state::{Allocation, AllocationPhase, Node, NodeState, Repo, Stage, State};
+use crate::state::{Allocation, AllocationPhase, Millis, Node, NodeState, Repo, Stage, State};
 
 /// What the scheduler wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,10 @@ fn stale(state: &State, a: &Allocation) -> Option<String> {
     let Some(image) = &space.image else {
         return Some("the Space no longer runs an image".into());
     };
-    if space.stage == Stage::Paused {
-        return Some("the Space was paused".into());
+    match space.stage {
+        Stage::Paused => return Some("the Space was paused".into()),
+        Stage::Sleeping => return Some("the Space is sleeping".into()),
+        _ => {}
     }
     if a.generation != space.restarts {
         return Some("the Space was restarted".into());
@@ -66,7 +68,30 @@ fn stale(state: &State, a: &Allocation) -> Option<String> {
 fn wants_to_run(repo: &Repo) -> bool {
     repo.space
         .as_ref()
-        .is_some_and(|s| s.image.is_some() && s.stage != Stage::Paused)
+        .is_some_and(|s| s.image.is_some() && !matches!(s.stage, Stage::Paused | Stage::Sleeping))
+}
+
+/// Running Spaces idle past their sleep time: `idle_since` gives, for a repo key, when it last saw a request
+/// (ms); the allocation's start counts as activity too.
+pub fn sleepy(
+    state: &State,
+    now: Millis,
+    idle_since: impl Fn(&str) -> Option<Millis>,
+) -> Vec<String> {
+    state
+        .allocations
+        .values()
+        .filter(|a| a.phase == AllocationPhase::Running)
+        .filter_map(|a| {
+            let space = state.repos.get(&a.space)?.space.as_ref()?;
+            let seconds = u64::try_from(space.effective_sleep_time()?).ok()?;
+            let active = idle_since(&a.space)
+                .unwrap_or(0)
+                .max(a.billable_since.unwrap_or(a.created_at));
+            (space.stage == Stage::Running && now.saturating_sub(active) >= seconds * 1000)
+                .then(|| a.space.clone())
+        })
+        .collect()
 }
 
 /// The GPUs of `node` that `flavor` would get, given what the live allocations on it hold; `None` when the

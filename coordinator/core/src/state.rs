@@ -288,6 +288,23 @@ pub struct SpaceState {
     pub image: Option<SpaceImage>,
 }
 
+/// How long a cpu-basic Space may idle before it sleeps, unless it says otherwise (the Hub's 48 hours).
+pub const CPU_BASIC_SLEEP_SECONDS: i64 = 48 * 3600;
+
+impl SpaceState {
+    /// Seconds idle before the Space sleeps: its own sleep time, cpu-basic's default, or `None` for never.
+    pub fn effective_sleep_time(&self) -> Option<i64> {
+        match self.sleep_time {
+            Some(-1) => None,
+            Some(s) => Some(s),
+            None if self.hardware_requested == spacedock_shared::flavor::DEFAULT_FLAVOR => {
+                Some(CPU_BASIC_SLEEP_SECONDS)
+            }
+            None => None,
+        }
+    }
+}
+
 /// What a Space runs: an image from the cluster's store and the port its app answers on.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct SpaceImage {

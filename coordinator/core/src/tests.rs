@@ -1174,3 +1174,77 @@ mod ledger {
         assert!(due(&c.state, (m + 30) * 60_000).is_empty());
     }
 }
+
+mod sleep {
+    use super::*;
+    use crate::schedule::{Step, plan, sleepy};
+    use crate::state::AllocationPhase;
+
+    #[test]
+    fn an_idle_space_sleeps_frees_its_slot_and_wakes_on_request() {
+        let mut c = super::scheduling::with_spaces(&["alice/a"], "cpu-upgrade");
+        super::scheduling::add_node(&mut c, "n1", 8, 64, 0);
+        c.run(
+            ALICE,
+            Command::SetSleepTime {
+                id: "alice/a".into(),
+                seconds: 60,
+            },
+        )
+        .unwrap();
+        super::scheduling::pass(&mut c);
+        let id = c.state.allocations.keys().next().unwrap().clone();
+        let running = |c: &mut Cluster| {
+            c.system(Command::ReportAllocation {
+                id: id.clone(),
+                node: "n1".into(),
+                phase: AllocationPhase::Running,
+                message: String::new(),
+            })
+            .unwrap()
+        };
+        running(&mut c);
+        let since = c.state.allocations[&id].billable_since.unwrap();
+        let key = "space:alice/a";
+        assert!(sleepy(&c.state, since + 59_000, |_| None).is_empty());
+        // A request 30 s in keeps it awake until 90 s.
+        assert!(sleepy(&c.state, since + 61_000, |_| Some(since + 30_000)).is_empty());
+        assert_eq!(sleepy(&c.state, since + 61_000, |_| None), vec![key]);
+        c.system(Command::Sleep { space: key.into() }).unwrap();
+        // A late report from the agent does not wake it.
+        running(&mut c);
+        let steps = super::scheduling::pass(&mut c);
+        assert!(
+            matches!(&steps[0], Step::Remove { reason, .. } if reason.contains("sleeping")),
+            "{steps:?}"
+        );
+        assert!(c.state.allocations.is_empty());
+        assert_eq!(plan(&c.state), vec![], "a sleeping Space is not placed");
+        let space = |c: &Cluster| {
+            c.state
+                .repo(RepoKind::Space, "alice/a")
+                .unwrap()
+                .space
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(space(&c).stage, Stage::Sleeping);
+        c.system(Command::Wake { space: key.into() }).unwrap();
+        assert_eq!(space(&c).stage, Stage::AppStarting);
+        super::scheduling::pass(&mut c);
+        assert_eq!(c.state.allocations.len(), 1, "woken, it is placed again");
+        // Waking a Space that is not asleep is refused and changes nothing.
+        let err = c.refused(None, Command::Wake { space: key.into() });
+        assert!(err.to_string().contains("APP_STARTING"), "{err}");
+        // Never sleeps with -1; cpu-basic sleeps after 48 h by default.
+        c.run(
+            ALICE,
+            Command::SetSleepTime {
+                id: "alice/a".into(),
+                seconds: -1,
+            },
+        )
+        .unwrap();
+        assert_eq!(space(&c).effective_sleep_time(), None);
+    }
+}

@@ -1,22 +1,29 @@
 //! The ingress: requests whose `Host` is `SUBDOMAIN.APPS_DOMAIN[:PORT]` go to that Space's app instead of the
 //! API. The coordinator that holds the agent's link (the leader) opens a tunnel stream to the agent and speaks
 //! HTTP/1.1 to the app over it, streaming both bodies; a follower passes the request to the leader's ingress.
-//! Upgrades (websockets) are piped both ways. A Space that does not run answers a short page saying why.
+//! Upgrades (websockets) are piped both ways. A sleeping Space is woken by a request: a browser gets a page
+//! that reloads until the app answers, other clients are held until it does (within its startup timeout). A
+//! Space that does not run answers a short page saying why. Every request served counts as the Space's
+//! activity (`crate::activity`), which keeps it awake.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State as AxumState};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use spacedock_coordinator_core::Command;
 use spacedock_coordinator_core::access::can_see;
-use spacedock_coordinator_core::state::{AllocationPhase, Stage};
+use spacedock_coordinator_core::state::{AllocationPhase, Repo, Stage, State};
 use spacedock_shared::wire::TunnelOpen;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 use super::Api;
 
 /// How long the leader waits for a node's link to come back before answering 503.
-const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const LINK_WAIT: Duration = Duration::from_secs(5);
 
 /// Marks a request one coordinator already passed on, so it is never passed on again.
 const FORWARDED: &str = "x-spacedock-forwarded";
@@ -53,77 +60,164 @@ pub async fn route(AxumState(api): AxumState<Api>, request: Request, next: Next)
 
 /// Where the Space's traffic goes.
 enum Target {
-    Agent { node: String, allocation: String },
+    Agent {
+        space: String,
+        node: String,
+        allocation: String,
+    },
+    Asleep {
+        space: String,
+        startup_timeout_s: u64,
+    },
     Page(StatusCode, String),
+}
+
+/// The target of a request for subdomain `sub`; `visible` says whether the caller may see the repo.
+fn find(state: &State, sub: &str, visible: impl Fn(&Repo) -> bool) -> Target {
+    let not_found = || Target::Page(StatusCode::NOT_FOUND, format!("No Space at {sub}."));
+    let Some((key, repo)) = state
+        .subdomains
+        .get(sub)
+        .and_then(|key| Some((key, state.repos.get(key)?)))
+    else {
+        return not_found();
+    };
+    let Some(space) = repo.space.as_ref().filter(|_| visible(repo)) else {
+        return not_found();
+    };
+    let live = state
+        .allocations
+        .values()
+        .find(|a| &a.space == key && a.phase == AllocationPhase::Running);
+    match (space.stage, live) {
+        (Stage::Running, Some(a)) => Target::Agent {
+            space: key.clone(),
+            node: a.node.clone(),
+            allocation: a.id.clone(),
+        },
+        (Stage::Sleeping, _) => Target::Asleep {
+            space: key.clone(),
+            startup_timeout_s: space.image.as_ref().map_or(60, |i| i.startup_timeout_s),
+        },
+        (Stage::Paused, _) => Target::Page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is paused. Its owner can restart it.", repo.id),
+        ),
+        (stage, _) => {
+            let why = space
+                .error_message
+                .as_deref()
+                .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
+                .unwrap_or_default();
+            Target::Page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} is {}{why}", repo.id, stage.as_str()),
+            )
+        }
+    }
 }
 
 async fn serve(api: Api, sub: &str, request: Request) -> Response {
     let headers = request.headers().clone();
-    let target = api
+    let found = api
         .read(&headers, |state, p| {
-            let not_found = || Target::Page(StatusCode::NOT_FOUND, format!("No Space at {sub}."));
-            let Some(repo) = state
-                .subdomains
-                .get(sub)
-                .and_then(|key| state.repos.get(key))
-            else {
-                return Ok(not_found());
-            };
-            if !can_see(state, p, repo) {
-                return Ok(not_found());
-            }
-            let Some(space) = &repo.space else {
-                return Ok(not_found());
-            };
-            let live = state.allocations.values().find(|a| {
-                state.repos.get(&a.space).is_some_and(|r| r.uid == repo.uid)
-                    && a.phase == AllocationPhase::Running
-            });
-            Ok(match (space.stage, live) {
-                (Stage::Running, Some(a)) => Target::Agent {
-                    node: a.node.clone(),
-                    allocation: a.id.clone(),
-                },
-                (Stage::Paused, _) => Target::Page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{} is paused. Its owner can restart it.", repo.id),
-                ),
-                (stage, _) => {
-                    let why = space
-                        .error_message
-                        .as_deref()
-                        .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
-                        .unwrap_or_default();
-                    Target::Page(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("{} is {}{why}", repo.id, stage.as_str()),
-                    )
-                }
-            })
+            Ok(find(state, sub, |repo| can_see(state, p, repo)))
         })
         .await;
-    match target {
-        Ok(Target::Agent { node, allocation }) => {
-            if api.node.status().role != "leader" {
-                return via_leader(&api, request).await;
-            }
-            // The leader holds the agents' links; after a restart or failover they come back within seconds.
-            let deadline = tokio::time::Instant::now() + LINK_WAIT;
-            while !api.links.has(&node) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            if api.links.has(&node) {
-                tunnel(&api, &node, allocation, request).await
-            } else {
-                page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("The Space's node {node} is not connected; try again shortly."),
+    let target = match found {
+        Ok(Target::Page(status, text)) => return page(status, &text),
+        Err(e) => return e.into_response(),
+        Ok(_) if api.node.status().role != "leader" => return via_leader(&api, request).await,
+        Ok(target) => target,
+    };
+    let (space, node, allocation) = match target {
+        Target::Agent {
+            space,
+            node,
+            allocation,
+        } => (space, node, allocation),
+        Target::Asleep {
+            space,
+            startup_timeout_s,
+        } => {
+            // The caller may see it (checked above); anyone who may see a Space may wake it.
+            if let Err(e) = api
+                .propose(
+                    None,
+                    Command::Wake {
+                        space: space.clone(),
+                    },
                 )
+                .await
+            {
+                tracing::debug!(space, error = ?e, "wake not needed");
+            }
+            let browser = headers
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if browser {
+                return loading_page(sub);
+            }
+            // Others wait for the app, as long as its startup may take.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(startup_timeout_s);
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match api.node.read_local(|s| find(s, sub, |_| true)) {
+                    Target::Agent {
+                        space,
+                        node,
+                        allocation,
+                    } => break (space, node, allocation),
+                    _ if tokio::time::Instant::now() > deadline => {
+                        return page(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "The Space did not wake within its startup timeout.",
+                        );
+                    }
+                    _ => {}
+                }
             }
         }
-        Ok(Target::Page(status, text)) => page(status, &text),
-        Err(e) => e.into_response(),
+        Target::Page(status, text) => return page(status, &text),
+    };
+    api.activity.touch(&space, super::system_clock());
+    // The leader holds the agents' links; after a restart or failover they come back within seconds.
+    let deadline = tokio::time::Instant::now() + LINK_WAIT;
+    while !api.links.has(&node) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if api.links.has(&node) {
+        tunnel(&api, &node, allocation, request).await
+    } else {
+        page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("The Space's node {node} is not connected; try again shortly."),
+        )
+    }
+}
+
+/// What a browser gets while a Space wakes: a page that reloads itself.
+fn loading_page(sub: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>Waking up</title></head><body><p>{sub} is waking up; this page reloads until it answers.</p>\
+         </body></html>\n"
+    );
+    let mut response = html_response(StatusCode::SERVICE_UNAVAILABLE, html);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    response
+}
+
+fn html_response(status: StatusCode, html: String) -> Response {
+    let mut response = (status, html).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
 }
 
 fn page(status: StatusCode, text: &str) -> Response {
@@ -135,12 +229,7 @@ fn page(status: StatusCode, text: &str) -> Response {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>spacedock</title></head>\
          <body><p>{escaped}</p></body></html>\n"
     );
-    let mut response = (status, html).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
+    html_response(status, html)
 }
 
 fn bad_gateway(what: &str, e: impl std::fmt::Display) -> Response {

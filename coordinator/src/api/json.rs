@@ -3,23 +3,11 @@
 
 use serde_json::{Value, json};
 use spacedock_coordinator_core::state::{Repo, SpaceState, State};
-use spacedock_shared::flavor::{DEFAULT_FLAVOR, Flavor};
+use spacedock_shared::flavor::Flavor;
 
 use super::{Api, iso8601};
 
 /// Seconds a `cpu-basic` Space may idle before it sleeps, as on the Hub.
-pub const CPU_BASIC_SLEEP_SECONDS: i64 = 48 * 3600;
-
-/// The sleep time in force: the Space's own, or the default for its flavor (`None`: never sleeps).
-pub fn effective_sleep_time(space: &SpaceState) -> Option<i64> {
-    match space.sleep_time {
-        Some(-1) => None,
-        Some(s) => Some(s),
-        None if space.hardware_requested == DEFAULT_FLAVOR => Some(CPU_BASIC_SLEEP_SECONDS),
-        None => None,
-    }
-}
-
 /// `SpaceRuntime`; `hardware` is always an object.
 pub fn runtime(api: &Api, space: &SpaceState) -> Value {
     let domain = format!("{}.{}", space.subdomain, api.apps_domain);
@@ -27,7 +15,7 @@ pub fn runtime(api: &Api, space: &SpaceState) -> Value {
         "stage": space.stage.as_str(),
         "hardware": { "current": space.hardware_current, "requested": space.hardware_requested },
         "storage": null,
-        "gcTimeout": effective_sleep_time(space),
+        "gcTimeout": space.effective_sleep_time(),
         "replicas": { "requested": 1, "current": i32::from(space.hardware_current.is_some()) },
         "devMode": false,
         "domains": [{ "domain": domain, "stage": "READY" }],

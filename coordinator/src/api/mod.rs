@@ -52,6 +52,8 @@ pub struct Api {
     pub blobs: Arc<crate::blobs::Blobs>,
     /// The agents connected to this coordinator (for the ingress and run logs).
     pub links: Arc<crate::links::Links>,
+    /// When each Space last saw a request (the ingress records, the sleeper reads).
+    pub activity: Arc<crate::activity::Activity>,
     /// Wall clock in ms; a function so tests can pin it.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
