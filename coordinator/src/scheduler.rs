@@ -37,7 +37,8 @@ pub async fn run(node: NodeHandle, activity: Arc<Activity>) {
             meter(&node).await;
         }
         sleep_idle(&node, &activity, since).await;
-        let steps = node.read_local(schedule::plan);
+        let start = format!("{:016x}", rand::random::<u64>());
+        let steps = node.read_local(|s| schedule::plan(s, &start));
         for step in steps {
             let what = describe(&step);
             let Some(command) = node.read_local(|s| step.into_command(s, api::new_id())) else {

@@ -2,8 +2,13 @@
 //! restarted or changed) and where Spaces that should run but have no allocation go. The leader turns the plan
 //! into commands; `apply` re-checks every placement against the state of its moment (`check_placement`).
 //!
-//! Placement today is first fit over ready nodes in name order, counting the vCPU, memory and GPUs that live
-//! allocations hold; failed allocations hold nothing.
+//! Placement samples the fleet as Nomad does: from a random node on, it compares the first log2(N) ready nodes
+//! that can hold the flavor (vCPU, memory, GPU model, count and memory, counting what live allocations hold;
+//! failed ones hold nothing) and takes the best: GPU flavors bin-pack, CPU flavors spread and stay off GPU
+//! nodes. The nodes' loads are computed once per plan, so one placement costs the same on any fleet size.
+//! Draining nodes give their Spaces up a few at a time (`MAX_DRAIN_MOVES` starting at once).
+
+use std::collections::{BTreeSet, HashMap};
 
 use spacedock_shared::flavor::{Flavor, describe};
 use spacedock_shared::wire::{Assignment, EnvVar};
@@ -34,6 +39,16 @@ pub enum Step {
 
 /// Why an allocation should no longer exist, if it should not.
 fn stale(state: &State, a: &Allocation) -> Option<String> {
+    stale_space(state, a).or_else(|| match state.nodes.get(&a.node).map(|n| n.state) {
+        None => Some(format!("node {} is gone", a.node)),
+        Some(NodeState::Ready) => None,
+        Some(other) => Some(format!("node {} is {}", a.node, other.as_str())),
+    })
+}
+
+/// Why an allocation should go because of its Space: deleted, not running an image, paused, sleeping,
+/// restarted, or its image or hardware changed.
+fn stale_space(state: &State, a: &Allocation) -> Option<String> {
     let Some(space) = state.repos.get(&a.space).and_then(|r| r.space.as_ref()) else {
         return Some("the Space was deleted".into());
     };
@@ -51,17 +66,12 @@ fn stale(state: &State, a: &Allocation) -> Option<String> {
     if a.image_id != image.id {
         return Some("the Space's image changed".into());
     }
-    if a.flavor != space.hardware_requested {
-        return Some(format!(
+    (a.flavor != space.hardware_requested).then(|| {
+        format!(
             "the Space's hardware changed to {}",
             space.hardware_requested
-        ));
-    }
-    match state.nodes.get(&a.node).map(|n| n.state) {
-        None => Some(format!("node {} is gone", a.node)),
-        Some(NodeState::Ready) => None,
-        Some(other) => Some(format!("node {} is {}", a.node, other.as_str())),
-    }
+        )
+    })
 }
 
 /// Whether a Space should have an allocation.
@@ -94,28 +104,48 @@ pub fn sleepy(
         .collect()
 }
 
-/// The GPUs of `node` that `flavor` would get, given what the live allocations on it hold; `None` when the
-/// node cannot hold the flavor now.
-pub fn fit(state: &State, node: &Node, flavor: &Flavor) -> Option<Vec<String>> {
-    if node.state != NodeState::Ready {
-        return None;
+/// What live allocations hold on one node (failed ones hold nothing).
+#[derive(Debug, Default, Clone)]
+struct Load {
+    vcpu: u64,
+    memory_gib: u64,
+    gpus: Vec<String>,
+}
+
+impl Load {
+    fn add(&mut self, flavor: Option<&Flavor>, gpus: &[String]) {
+        if let Some(f) = flavor {
+            self.vcpu += u64::from(f.vcpu);
+            self.memory_gib += u64::from(f.memory_gib);
+        }
+        self.gpus.extend(gpus.iter().cloned());
     }
-    let live = state
-        .allocations
-        .values()
-        .filter(|a| a.node == node.name && a.phase != AllocationPhase::Failed);
-    let (mut vcpu, mut memory_gib) = (0u64, 0u64);
-    for a in live {
-        if let Some(f) = state.flavors.iter().find(|f| f.name == a.flavor) {
-            vcpu += u64::from(f.vcpu);
-            memory_gib += u64::from(f.memory_gib);
+}
+
+fn flavor<'a>(state: &'a State, name: &str) -> Option<&'a Flavor> {
+    state.flavors.iter().find(|f| f.name == name)
+}
+
+/// The load of every node, in one pass over the allocations.
+fn loads(state: &State) -> HashMap<String, Load> {
+    let mut loads: HashMap<String, Load> = HashMap::new();
+    for a in state.allocations.values() {
+        if a.phase != AllocationPhase::Failed {
+            loads
+                .entry(a.node.clone())
+                .or_default()
+                .add(flavor(state, &a.flavor), &a.gpus);
         }
     }
-    let held = held_gpus(state, &node.name);
+    loads
+}
+
+/// The GPUs `flavor` would get on `node` with `load` on it; `None` when it does not fit.
+fn free_on(node: &Node, load: &Load, flavor: &Flavor) -> Option<Vec<String>> {
     let inventory = &node.inventory;
     let memory_total_gib = inventory.memory_bytes / (1 << 30);
-    if vcpu + u64::from(flavor.vcpu) > u64::from(inventory.cpu_cores)
-        || memory_gib + u64::from(flavor.memory_gib) > memory_total_gib
+    if load.vcpu + u64::from(flavor.vcpu) > u64::from(inventory.cpu_cores)
+        || load.memory_gib + u64::from(flavor.memory_gib) > memory_total_gib
     {
         return None;
     }
@@ -125,7 +155,7 @@ pub fn fit(state: &State, node: &Node, flavor: &Flavor) -> Option<Vec<String>> {
     let free: Vec<String> = inventory
         .gpus
         .iter()
-        .filter(|g| !held.contains(&g.uuid.as_str()))
+        .filter(|g| !load.gpus.contains(&g.uuid))
         .filter(|g| acc.accepts("nvidia", &g.name, g.memory_total_bytes >> 20))
         .map(|g| g.uuid.clone())
         .take(acc.count as usize)
@@ -133,58 +163,146 @@ pub fn fit(state: &State, node: &Node, flavor: &Flavor) -> Option<Vec<String>> {
     (free.len() == acc.count as usize).then_some(free)
 }
 
-/// The steps that bring the allocations in line with the state.
-pub fn plan(state: &State) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let mut covered = std::collections::BTreeSet::new();
+/// The GPUs of `node` that `flavor` would get, given what the live allocations on it hold; `None` when the
+/// node is not ready or cannot hold the flavor now.
+pub fn fit(state: &State, node: &Node, flavor_wanted: &Flavor) -> Option<Vec<String>> {
+    if node.state != NodeState::Ready {
+        return None;
+    }
+    let mut load = Load::default();
     for a in state.allocations.values() {
+        if a.node == node.name && a.phase != AllocationPhase::Failed {
+            load.add(flavor(state, &a.flavor), &a.gpus);
+        }
+    }
+    free_on(node, &load, flavor_wanted)
+}
+
+/// How good a node is for a flavor, higher is better. GPU flavors bin-pack: the node left with the fewest free
+/// GPUs wins, keeping whole GPUs and whole nodes free. CPU flavors spread: the node left with the most free
+/// vCPU and memory wins, and GPU nodes come last, kept for GPU work.
+fn score(node: &Node, load: &Load, flavor: &Flavor) -> i64 {
+    let inventory = &node.inventory;
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let free_vcpu =
+        signed(u64::from(inventory.cpu_cores)) - signed(load.vcpu + u64::from(flavor.vcpu));
+    let free_memory = signed(inventory.memory_bytes >> 30)
+        - signed(load.memory_gib + u64::from(flavor.memory_gib));
+    let gpus = signed(inventory.gpus.len() as u64);
+    match &flavor.accelerator {
+        Some(acc) => {
+            let free_gpus = gpus - signed(load.gpus.len() as u64) - i64::from(acc.count);
+            -free_gpus * 1_000_000 - free_vcpu
+        }
+        None if gpus > 0 => -1_000_000_000 + free_vcpu,
+        None => free_vcpu * 1_000_000 + free_memory,
+    }
+}
+
+/// How many feasible nodes a placement compares: log2 of the fleet, at least two (Nomad's sampling), so one
+/// placement costs the same on 10 nodes or 10,000.
+pub fn sample_limit(nodes: usize) -> usize {
+    (usize::BITS - nodes.leading_zeros()).max(2) as usize
+}
+
+/// The best of the first `sample_limit` feasible ready nodes, walking the nodes in name order from `start`
+/// (the leader picks it at random, so placements spread over the fleet).
+fn choose(
+    state: &State,
+    loads: &HashMap<String, Load>,
+    flavor: &Flavor,
+    start: &str,
+) -> Option<(String, Vec<String>)> {
+    use std::ops::Bound;
+    let limit = sample_limit(state.nodes.len());
+    let after = state
+        .nodes
+        .range::<str, _>((Bound::Included(start), Bound::Unbounded));
+    let before = state
+        .nodes
+        .range::<str, _>((Bound::Unbounded, Bound::Excluded(start)));
+    let empty = Load::default();
+    let mut best: Option<(i64, String, Vec<String>)> = None;
+    let mut feasible = 0;
+    for node in after.chain(before).map(|(_, n)| n) {
+        if node.state != NodeState::Ready {
+            continue;
+        }
+        let load = loads.get(&node.name).unwrap_or(&empty);
+        let Some(gpus) = free_on(node, load, flavor) else {
+            continue;
+        };
+        let s = score(node, load, flavor);
+        if best.as_ref().is_none_or(|(b, _, _)| s > *b) {
+            best = Some((s, node.name.clone(), gpus));
+        }
+        feasible += 1;
+        if feasible >= limit {
+            break;
+        }
+    }
+    best.map(|(_, node, gpus)| (node, gpus))
+}
+
+/// Most allocations starting at once while nodes drain: moves wait for earlier ones to come up.
+pub const MAX_DRAIN_MOVES: usize = 4;
+
+/// The steps that bring the allocations in line with the state; `start` is where node sampling begins.
+pub fn plan(state: &State, start: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut covered = BTreeSet::new();
+    let starting = state
+        .allocations
+        .values()
+        .filter(|a| {
+            matches!(
+                a.phase,
+                AllocationPhase::Pulling | AllocationPhase::Starting
+            )
+        })
+        .count();
+    let mut drain_moves = MAX_DRAIN_MOVES.saturating_sub(starting);
+    for a in state.allocations.values() {
+        let draining = state
+            .nodes
+            .get(&a.node)
+            .is_some_and(|n| n.state == NodeState::Draining);
         match stale(state, a) {
-            Some(reason) => steps.push(Step::Remove {
-                id: a.id.clone(),
-                reason,
-            }),
+            // A Space on a draining node moves only when few are starting, so a drain never takes a fleet's
+            // worth of Spaces down at once.
+            Some(_) if draining && stale_space(state, a).is_none() && drain_moves == 0 => {
+                covered.insert(a.space.clone());
+            }
+            Some(reason) => {
+                if draining && stale_space(state, a).is_none() {
+                    drain_moves -= 1;
+                }
+                steps.push(Step::Remove {
+                    id: a.id.clone(),
+                    reason,
+                });
+            }
             None => {
                 covered.insert(a.space.clone());
             }
         }
     }
-    // Placements in this plan are not in the state yet: count them against their node one at a time.
-    let mut planned = state.clone();
+    let mut loads = loads(state);
     for (key, repo) in &state.repos {
         if !wants_to_run(repo) || covered.contains(key) {
             continue;
         }
         let Some(space) = &repo.space else { continue };
-        let Some(flavor) = state
-            .flavors
-            .iter()
-            .find(|f| f.name == space.hardware_requested)
-        else {
+        let Some(wanted) = flavor(state, &space.hardware_requested) else {
             continue;
         };
-        let chosen = planned
-            .nodes
-            .values()
-            .find_map(|n| fit(&planned, n, flavor).map(|gpus| (n.name.clone(), gpus)));
-        match chosen {
+        match choose(state, &loads, wanted, start) {
             Some((node, gpus)) => {
-                planned.allocations.insert(
-                    format!("planned:{key}"),
-                    Allocation {
-                        id: String::new(),
-                        space: key.clone(),
-                        node: node.clone(),
-                        flavor: flavor.name.clone(),
-                        image_id: String::new(),
-                        gpus: gpus.clone(),
-                        generation: 0,
-                        phase: AllocationPhase::Pulling,
-                        message: String::new(),
-                        created_at: 0,
-                        updated_at: 0,
-                        billable_since: None,
-                    },
-                );
+                // Count this placement against its node for the rest of the plan.
+                loads
+                    .entry(node.clone())
+                    .or_default()
+                    .add(Some(wanted), &gpus);
                 steps.push(Step::Place {
                     space: key.clone(),
                     node,
@@ -192,7 +310,7 @@ pub fn plan(state: &State) -> Vec<Step> {
                 });
             }
             None => {
-                let message = no_capacity_message(flavor);
+                let message = no_capacity_message(wanted);
                 // Said once, not on every pass.
                 if space.error_message.as_deref() != Some(message.as_str()) {
                     steps.push(Step::NoCapacity {

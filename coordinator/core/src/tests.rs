@@ -841,7 +841,7 @@ mod scheduling {
 
     /// Runs one scheduler pass the way the leader does; returns the steps.
     pub(super) fn pass(c: &mut Cluster) -> Vec<Step> {
-        let steps = plan(&c.state);
+        let steps = plan(&c.state, "");
         for (i, step) in steps.clone().into_iter().enumerate() {
             let id = format!("a{}-{i}", c.clock);
             if let Some(command) = step.into_command(&c.state, id) {
@@ -884,7 +884,7 @@ mod scheduling {
             "{message}"
         );
         // Said once: the next pass proposes nothing.
-        assert_eq!(plan(&c.state), vec![]);
+        assert_eq!(plan(&c.state, ""), vec![]);
         add_node(&mut c, "n2", 2, 16, 0);
         pass(&mut c);
         assert_eq!(placed(&c).len(), 3);
@@ -993,14 +993,14 @@ mod scheduling {
         .unwrap();
         pass(&mut c);
         assert!(c.state.allocations.is_empty());
-        assert_eq!(plan(&c.state), vec![]);
+        assert_eq!(plan(&c.state, ""), vec![]);
     }
 
     #[test]
     fn gpu_flavors_get_distinct_gpus_and_stale_placements_are_refused() {
         let mut c = with_spaces(&["alice/a", "alice/b", "alice/c"], "t4-small");
         add_node(&mut c, "g1", 16, 64, 2);
-        let steps = plan(&c.state);
+        let steps = plan(&c.state, "");
         pass(&mut c);
         let mut gpus: Vec<String> = c
             .state
@@ -1219,7 +1219,7 @@ mod sleep {
             "{steps:?}"
         );
         assert!(c.state.allocations.is_empty());
-        assert_eq!(plan(&c.state), vec![], "a sleeping Space is not placed");
+        assert_eq!(plan(&c.state, ""), vec![], "a sleeping Space is not placed");
         let space = |c: &Cluster| {
             c.state
                 .repo(RepoKind::Space, "alice/a")
@@ -1246,5 +1246,136 @@ mod sleep {
         )
         .unwrap();
         assert_eq!(space(&c).effective_sleep_time(), None);
+    }
+}
+
+mod placement {
+    use super::*;
+    use crate::schedule::{MAX_DRAIN_MOVES, Step, plan, sample_limit};
+    use crate::state::{AllocationPhase, NodeState};
+
+    fn hardware(c: &mut Cluster, id: &str, flavor: &str) {
+        c.run(
+            ALICE,
+            Command::RequestHardware {
+                id: id.into(),
+                flavor: flavor.into(),
+                sleep_time: None,
+            },
+        )
+        .unwrap();
+    }
+
+    fn node_of(c: &Cluster, space: &str) -> String {
+        let key = format!("space:{space}");
+        c.state
+            .allocations
+            .values()
+            .find(|a| a.space == key)
+            .map(|a| a.node.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn gpu_flavors_bin_pack_and_cpu_flavors_spread_off_gpu_nodes() {
+        let spaces = ["alice/g1", "alice/g2", "alice/c1", "alice/c2"];
+        let mut c = super::scheduling::with_spaces(&spaces, "cpu-basic");
+        hardware(&mut c, "alice/g1", "t4-small");
+        hardware(&mut c, "alice/g2", "t4-small");
+        for (name, cores, gpus) in [
+            ("cpu-a", 8, 0),
+            ("cpu-b", 8, 0),
+            ("gpu-a", 16, 2),
+            ("gpu-b", 16, 2),
+        ] {
+            super::scheduling::add_node(&mut c, name, cores, 64, gpus);
+        }
+        super::scheduling::pass(&mut c);
+        let (g1, g2) = (node_of(&c, "alice/g1"), node_of(&c, "alice/g2"));
+        assert!(
+            g1.starts_with("gpu-") && g1 == g2,
+            "GPU Spaces share a node: {g1} {g2}"
+        );
+        let (c1, c2) = (node_of(&c, "alice/c1"), node_of(&c, "alice/c2"));
+        assert!(
+            c1.starts_with("cpu-") && c2.starts_with("cpu-") && c1 != c2,
+            "{c1} {c2}"
+        );
+    }
+
+    #[test]
+    fn a_placement_compares_log2_n_feasible_nodes_from_its_start() {
+        assert_eq!(sample_limit(1), 2);
+        assert_eq!(sample_limit(1000), 10);
+        assert_eq!(sample_limit(6100), 13);
+        let mut c = super::scheduling::with_spaces(&["alice/a"], "cpu-basic");
+        for i in 0..1000 {
+            let cores = if i == 900 { 64 } else { 4 };
+            super::scheduling::add_node(&mut c, &format!("n{i:04}"), cores, 32, 0);
+        }
+        // n0900 is the roomiest, but a placement starting at n0500 only compares n0500..n0509.
+        let steps = plan(&c.state, "n0500");
+        let Step::Place { node, .. } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert!(("n0500".."n0510").contains(&node.as_str()), "{node}");
+        // Starting just before it, n0900 is among those compared and wins.
+        let steps = plan(&c.state, "n0895");
+        assert!(
+            matches!(&steps[0], Step::Place { node, .. } if node == "n0900"),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn a_draining_node_gives_up_its_spaces_a_few_at_a_time() {
+        let spaces: Vec<String> = (0..6).map(|i| format!("alice/s{i}")).collect();
+        let ids: Vec<&str> = spaces.iter().map(String::as_str).collect();
+        let mut c = super::scheduling::with_spaces(&ids, "cpu-basic");
+        super::scheduling::add_node(&mut c, "d1", 12, 96, 0);
+        super::scheduling::pass(&mut c);
+        super::scheduling::add_node(&mut c, "r1", 12, 96, 0);
+        let all_running = |c: &mut Cluster| {
+            let pending: Vec<(String, String)> = c
+                .state
+                .allocations
+                .values()
+                .filter(|a| a.phase != AllocationPhase::Running)
+                .map(|a| (a.id.clone(), a.node.clone()))
+                .collect();
+            for (id, node) in pending {
+                c.system(Command::ReportAllocation {
+                    id,
+                    node,
+                    phase: AllocationPhase::Running,
+                    message: String::new(),
+                })
+                .unwrap();
+            }
+        };
+        all_running(&mut c);
+        c.system(Command::SetNodeState {
+            name: "d1".into(),
+            state: NodeState::Draining,
+        })
+        .unwrap();
+        let on = |c: &Cluster, node: &str| {
+            c.state
+                .allocations
+                .values()
+                .filter(|a| a.node == node)
+                .count()
+        };
+        super::scheduling::pass(&mut c);
+        assert_eq!(
+            (on(&c, "d1"), on(&c, "r1")),
+            (6 - MAX_DRAIN_MOVES, MAX_DRAIN_MOVES)
+        );
+        // The moved ones are still starting: nothing more moves.
+        super::scheduling::pass(&mut c);
+        assert_eq!(on(&c, "d1"), 6 - MAX_DRAIN_MOVES);
+        all_running(&mut c);
+        super::scheduling::pass(&mut c);
+        assert_eq!((on(&c, "d1"), on(&c, "r1")), (0, 6));
     }
 }
