@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use spacedock_coordinator_core::command::ScheduleStep;
 use spacedock_coordinator_core::schedule::{self, Step};
 use spacedock_coordinator_core::{Command, usage};
 
@@ -17,6 +18,8 @@ use crate::node::NodeHandle;
 const PASS: Duration = Duration::from_millis(250);
 /// How often the meter looks for completed minutes.
 const METER_EVERY: Duration = Duration::from_secs(5);
+/// Most scheduler steps in one entry.
+const SCHEDULE_BATCH: usize = 500;
 /// Most ledger entries in one proposal.
 const METER_BATCH: usize = 2000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,14 +42,26 @@ pub async fn run(node: NodeHandle, activity: Arc<Activity>) {
         sleep_idle(&node, &activity, since).await;
         let start = format!("{:016x}", rand::random::<u64>());
         let steps = node.read_local(|s| schedule::plan(s, &start));
-        for step in steps {
-            let what = describe(&step);
-            let Some(command) = node.read_local(|s| step.into_command(s, api::new_id())) else {
-                continue;
+        if steps.is_empty() {
+            continue;
+        }
+        let batch: Vec<ScheduleStep> = node.read_local(|s| {
+            steps
+                .iter()
+                .cloned()
+                .filter_map(|step| step.into_step(s, api::new_id()))
+                .collect()
+        });
+        for step in &steps {
+            tracing::info!("scheduler: {}", describe(step));
+        }
+        for steps in batch.chunks(SCHEDULE_BATCH) {
+            let command = Command::Schedule {
+                steps: steps.to_vec(),
             };
-            match api::propose_as_cluster(&node, command, WRITE_TIMEOUT).await {
-                Ok(()) => tracing::info!("scheduler: {what}"),
-                Err(e) => tracing::info!(error = %e, "scheduler: not done: {what}"),
+            if let Err(e) = api::propose_as_cluster(&node, command, WRITE_TIMEOUT).await {
+                tracing::info!(error = %e, "scheduler: pass not committed");
+                break;
             }
         }
     }

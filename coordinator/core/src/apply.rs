@@ -612,6 +612,18 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             space.error_message = Some(message.clone());
             Ok(())
         }
+        Command::Schedule { steps } => {
+            system_only(&principal_hash)?;
+            for step in steps {
+                let one = Envelope {
+                    command: step.clone().into(),
+                    ..envelope.clone()
+                };
+                // A step the state has outrun is refused by its own checks and changes nothing.
+                let _ = apply(state, &one);
+            }
+            Ok(())
+        }
         Command::Sleep { space } | Command::Wake { space } => {
             system_only(&principal_hash)?;
             let sleeping = matches!(envelope.command, Command::Sleep { .. });

@@ -47,6 +47,26 @@ pub struct NewToken {
     pub expires_at: Option<Millis>,
 }
 
+/// One step of a scheduler pass (see `Command::Schedule`).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum ScheduleStep {
+    Place { allocation: Allocation },
+    Remove { id: String, reason: String },
+    WaitForCapacity { space: String, message: String },
+}
+
+impl From<ScheduleStep> for Command {
+    fn from(step: ScheduleStep) -> Command {
+        match step {
+            ScheduleStep::Place { allocation } => Command::PlaceAllocation { allocation },
+            ScheduleStep::Remove { id, reason } => Command::RemoveAllocation { id, reason },
+            ScheduleStep::WaitForCapacity { space, message } => {
+                Command::WaitForCapacity { space, message }
+            }
+        }
+    }
+}
+
 /// A key, value and description for a variable or secret.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct KeyValue {
@@ -220,6 +240,11 @@ pub enum Command {
     RecordUsage {
         entries: Vec<UsageMinute>,
     },
+    /// One scheduler pass in one entry: each of `steps` (placements, removals, capacity notes) is applied on
+    /// its own, and one the state has outrun is skipped (the next pass sees the new state).
+    Schedule {
+        steps: Vec<ScheduleStep>,
+    },
     /// The leader puts a Space (repo key) that was idle past its sleep time to sleep; its allocation goes.
     Sleep {
         space: String,
@@ -296,6 +321,7 @@ impl Command {
             Command::RemoveAllocation { .. } => "RemoveAllocation",
             Command::WaitForCapacity { .. } => "WaitForCapacity",
             Command::RecordUsage { .. } => "RecordUsage",
+            Command::Schedule { .. } => "Schedule",
             Command::Sleep { .. } => "Sleep",
             Command::Wake { .. } => "Wake",
             Command::ReportAllocation { .. } => "ReportAllocation",

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use spacedock_shared::flavor::{Flavor, describe};
 use spacedock_shared::wire::{Assignment, EnvVar};
 
-use crate::command::Command;
+use crate::command::{Command, ScheduleStep};
 use crate::error::ApplyError;
 use crate::state::{Allocation, AllocationPhase, Millis, Node, NodeState, Repo, Stage, State};
 
@@ -325,17 +325,17 @@ pub fn plan(state: &State, start: &str) -> Vec<Step> {
 }
 
 impl Step {
-    /// The command that carries the step out; `id` names a new allocation. `None` when the Space changed
+    /// The scheduler step that carries this out; `id` names a new allocation. `None` when the Space changed
     /// under the plan (the next pass sees it).
-    pub fn into_command(self, state: &State, id: String) -> Option<Command> {
+    pub fn into_step(self, state: &State, id: String) -> Option<ScheduleStep> {
         match self {
-            Step::Remove { id, reason } => Some(Command::RemoveAllocation { id, reason }),
+            Step::Remove { id, reason } => Some(ScheduleStep::Remove { id, reason }),
             Step::NoCapacity { space, message } => {
-                Some(Command::WaitForCapacity { space, message })
+                Some(ScheduleStep::WaitForCapacity { space, message })
             }
             Step::Place { space, node, gpus } => {
                 let s = state.repos.get(&space)?.space.as_ref()?;
-                Some(Command::PlaceAllocation {
+                Some(ScheduleStep::Place {
                     allocation: Allocation {
                         id,
                         node,
@@ -353,6 +353,11 @@ impl Step {
                 })
             }
         }
+    }
+
+    /// `into_step` as a command of its own.
+    pub fn into_command(self, state: &State, id: String) -> Option<Command> {
+        self.into_step(state, id).map(Command::from)
     }
 }
 

@@ -1379,3 +1379,34 @@ mod placement {
         assert_eq!((on(&c, "d1"), on(&c, "r1")), (0, 6));
     }
 }
+
+mod schedule_batch {
+    use super::*;
+    use crate::schedule::plan;
+
+    #[test]
+    fn a_pass_in_one_entry_applies_each_step_and_skips_stale_ones() {
+        let mut c = super::scheduling::with_spaces(&["alice/a", "alice/b"], "cpu-basic");
+        super::scheduling::add_node(&mut c, "n1", 8, 64, 0);
+        let steps: Vec<_> = plan(&c.state, "")
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.into_step(&c.state, format!("x{i}")))
+            .collect();
+        assert_eq!(steps.len(), 2);
+        // The same placements twice: the second copy is stale and skipped; the entry still applies.
+        let mut doubled = steps.clone();
+        doubled.extend(steps.iter().cloned().map(|s| match s {
+            crate::command::ScheduleStep::Place { mut allocation } => {
+                allocation.id.push_str("-again");
+                crate::command::ScheduleStep::Place { allocation }
+            }
+            other => other,
+        }));
+        c.system(Command::Schedule { steps: doubled }).unwrap();
+        assert_eq!(c.state.allocations.len(), 2);
+        // Users cannot schedule.
+        let err = c.refused(Some(ALICE), Command::Schedule { steps });
+        assert!(matches!(err, ApplyError::Forbidden(_)), "{err}");
+    }
+}
