@@ -27,7 +27,7 @@ use crate::spec;
 
 /// How long a stopped container has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// After RUNNING, checks this often; this many failures in a row are a failure.
 const CHECK_EVERY: Duration = Duration::from_secs(10);
 const CHECK_FAILURES: u32 = 3;

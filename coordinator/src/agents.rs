@@ -117,7 +117,7 @@ pub async fn session(
         return;
     }
     let (mut incoming, reader) = spacedock_net::forward(rx);
-    let link = authority.links.register(name, connection);
+    let (link, changed) = authority.links.register(name, connection);
     let mut sent: Option<Vec<Assignment>> = None;
     let mut tick = tokio::time::interval(ASSIGNMENT_CHECK);
     loop {
@@ -130,7 +130,12 @@ pub async fn session(
                 }
                 _ => break,
             },
-            _ = tick.tick() => {
+            _ = async {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = changed.notified() => {}
+                }
+            } => {
                 if node.status().role != "leader" {
                     let _ = send(&mut tx, &refuse(RefuseCode::NotLeader, leader_addr(node)).into()).await;
                     break;

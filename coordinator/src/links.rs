@@ -3,37 +3,60 @@
 //! agent's own mutual-TLS connection.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use spacedock_net::{FramedReader, send};
 use spacedock_shared::wire::{self, Message};
+use tokio::sync::Notify;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One agent's session here: its connection and a signal that its assignments may have changed.
+#[derive(Debug)]
+struct Link {
+    key: u64,
+    connection: quinn::Connection,
+    changed: Arc<Notify>,
+}
 
 /// Live agent connections.
 #[derive(Debug, Default)]
 pub struct Links {
-    map: Mutex<HashMap<String, (u64, quinn::Connection)>>,
+    map: Mutex<HashMap<String, Link>>,
 }
 
 impl Links {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, quinn::Connection)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records the connection of a node's session; the returned key unregisters exactly this session.
-    pub fn register(&self, node: &str, connection: quinn::Connection) -> u64 {
+    /// Records the connection of a node's session; the key unregisters exactly this session, and the signal
+    /// fires when the scheduler changed what the node runs.
+    pub fn register(&self, node: &str, connection: quinn::Connection) -> (u64, Arc<Notify>) {
         let key = rand::random();
-        self.map().insert(node.to_owned(), (key, connection));
-        key
+        let changed = Arc::new(Notify::new());
+        let link = Link {
+            key,
+            connection,
+            changed: changed.clone(),
+        };
+        self.map().insert(node.to_owned(), link);
+        (key, changed)
     }
 
     pub fn unregister(&self, node: &str, key: u64) {
         let mut map = self.map();
-        if map.get(node).is_some_and(|(k, _)| *k == key) {
+        if map.get(node).is_some_and(|l| l.key == key) {
             map.remove(node);
+        }
+    }
+
+    /// Tells a node's session that its assignments changed, so it sends them now rather than at its next check.
+    pub fn kick(&self, node: &str) {
+        if let Some(link) = self.map().get(node) {
+            link.changed.notify_one();
         }
     }
 
@@ -51,7 +74,7 @@ impl Links {
         let connection = self
             .map()
             .get(node)
-            .map(|(_, c)| c.clone())
+            .map(|l| l.connection.clone())
             .ok_or_else(|| anyhow!("node {node} is not connected to this coordinator"))?;
         let (mut tx, rx) = connection.open_bi().await?;
         send(&mut tx, &first).await?;

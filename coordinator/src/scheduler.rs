@@ -13,7 +13,9 @@ use spacedock_coordinator_core::{Command, usage};
 
 use crate::activity::Activity;
 use crate::api;
+use crate::links::Links;
 use crate::node::NodeHandle;
+use tokio::sync::Notify;
 
 const PASS: Duration = Duration::from_millis(250);
 /// How often the meter looks for completed minutes.
@@ -25,11 +27,15 @@ const METER_BATCH: usize = 2000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs while the process does; acts only while this coordinator leads.
-pub async fn run(node: NodeHandle, activity: Arc<Activity>) {
+pub async fn run(node: NodeHandle, activity: Arc<Activity>, links: Arc<Links>, kick: Arc<Notify>) {
     let mut metered = tokio::time::Instant::now();
     let mut leading_since: Option<u64> = None;
     loop {
-        tokio::time::sleep(PASS).await;
+        // A pass every PASS, or at once when kicked (a request woke a Space).
+        tokio::select! {
+            _ = tokio::time::sleep(PASS) => {}
+            _ = kick.notified() => {}
+        }
         if node.status().role != "leader" {
             leading_since = None;
             continue;
@@ -45,6 +51,17 @@ pub async fn run(node: NodeHandle, activity: Arc<Activity>) {
         if steps.is_empty() {
             continue;
         }
+        let removed_nodes: std::collections::HashMap<String, String> = node.read_local(|s| {
+            steps
+                .iter()
+                .filter_map(|step| match step {
+                    Step::Remove { id, .. } => {
+                        s.allocations.get(id).map(|a| (id.clone(), a.node.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        });
         let batch: Vec<ScheduleStep> = node.read_local(|s| {
             steps
                 .iter()
@@ -62,6 +79,21 @@ pub async fn run(node: NodeHandle, activity: Arc<Activity>) {
             if let Err(e) = api::propose_as_cluster(&node, command, WRITE_TIMEOUT).await {
                 tracing::info!(error = %e, "scheduler: pass not committed");
                 break;
+            }
+            // The agents concerned hear of it now, not at their next check.
+            for step in steps {
+                let node_name = match step {
+                    ScheduleStep::Place { allocation } => Some(allocation.node.clone()),
+                    ScheduleStep::Remove { id, .. } => {
+                        // Removed by now: its node is in the plan's step list only by id, so look at the
+                        // pre-commit plan.
+                        removed_nodes.get(id).cloned()
+                    }
+                    ScheduleStep::WaitForCapacity { .. } => None,
+                };
+                if let Some(n) = node_name {
+                    links.kick(&n);
+                }
             }
         }
     }

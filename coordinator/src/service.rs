@@ -172,7 +172,13 @@ pub async fn run(
         },
     };
     let activity = Arc::new(crate::activity::Activity::default());
-    tokio::spawn(crate::scheduler::run(node.clone(), activity.clone()));
+    let kick = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(crate::scheduler::run(
+        node.clone(),
+        activity.clone(),
+        links.clone(),
+        kick.clone(),
+    ));
     tokio::spawn(crate::agents::watch(
         node.clone(),
         liveness,
@@ -204,6 +210,7 @@ pub async fn run(
         blobs,
         links,
         activity: activity.clone(),
+        scheduler_kick: kick,
     };
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

@@ -152,6 +152,7 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
             {
                 tracing::debug!(space, error = ?e, "wake not needed");
             }
+            api.scheduler_kick.notify_one();
             let browser = headers
                 .get(header::ACCEPT)
                 .and_then(|a| a.to_str().ok())
@@ -162,7 +163,7 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
             // Others wait for the app, as long as its startup may take.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(startup_timeout_s);
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 match api.node.read_local(|s| find(s, sub, |_| true)) {
                     Target::Agent {
                         space,

@@ -54,6 +54,8 @@ pub struct Api {
     pub links: Arc<crate::links::Links>,
     /// When each Space last saw a request (the ingress records, the sleeper reads).
     pub activity: Arc<crate::activity::Activity>,
+    /// Wakes the leader's scheduler for a pass now (a request woke a Space).
+    pub scheduler_kick: Arc<tokio::sync::Notify>,
     /// Wall clock in ms; a function so tests can pin it.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
