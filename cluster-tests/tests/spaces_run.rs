@@ -702,3 +702,86 @@ fn an_idle_space_sleeps_and_a_request_wakes_it() {
     assert_eq!(cl.runtime(&id)["stage"], "RUNNING");
     assert_ne!(cl.allocation()["id"].as_str(), Some(first.as_str()));
 }
+
+#[test]
+fn a_lost_node_s_space_runs_on_another() {
+    let (dir, config) = config_dir();
+    let c = Coordinator::bootstrap_with(
+        dir.path(),
+        &["--config", &config, "--node-ttl-seconds", "3"],
+    );
+    let join = c.quic_addr.clone();
+    let mut cl = Cluster::with_agent(dir, c, "lost-a", "10.209.0.0/24", &join);
+    let token = api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        "/api/cluster/join-tokens",
+        Some(json!({ "role": "agent" })),
+    )
+    .unwrap();
+    let namespace_b = format!("sdtest-lost-b-{}", std::process::id());
+    let mut agent_b = Agent::start(
+        cl.dir.path(),
+        "run-lost-b",
+        &join,
+        token["token"].as_str(),
+        &[
+            "--container-subnet",
+            "10.210.0.0/24",
+            "--containerd-namespace",
+            &namespace_b,
+        ],
+    );
+    let _containers_b = ContainersGuard {
+        namespace: namespace_b,
+    };
+    cl.wait(Duration::from_secs(30), "two ready nodes", |c| {
+        let nodes = api(&c.c.api_url, &c.admin, "GET", "/api/nodes", None).ok()?;
+        (nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["state"] == "ready")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    let archive = busybox_image(
+        cl.dir.path(),
+        "demo/lost:1",
+        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
+        "survives its node",
+    );
+    cl.import(&archive);
+    let id = cl.space("lost", "demo/lost:1", 60);
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
+    // Where it runs: (node, allocation).
+    let placed = |c: &Cluster| -> Option<(String, String)> {
+        let nodes = api(&c.c.api_url, &c.admin, "GET", "/api/nodes", None).ok()?;
+        nodes.as_array()?.iter().find_map(|n| {
+            let a = n["allocations"].as_array()?.first()?;
+            Some((n["name"].as_str()?.to_owned(), a["id"].as_str()?.to_owned()))
+        })
+    };
+    let (first_node, first) = placed(&cl).unwrap();
+    // kill -9 of the agent running it: the node goes down after its TTL and the Space runs on the other one.
+    if first_node == "run-lost-a" {
+        cl.agent.kill();
+    } else {
+        agent_b.kill();
+    }
+    cl.wait(
+        Duration::from_secs(60),
+        "the Space RUNNING on the other node",
+        |c| {
+            let (node, allocation) = placed(c)?;
+            (node != first_node && allocation != first && c.runtime(&id)["stage"] == "RUNNING")
+                .then_some(())
+        },
+    );
+    let (status, body) = http_get(&cl.c.api_url, "admin-lost.localhost", "/").unwrap();
+    assert!(
+        status == 200 && body.contains("survives its node"),
+        "{status} {body}"
+    );
+}
