@@ -52,7 +52,7 @@ impl Default for CoordinatorConfig {
             join: Vec::new(),
             log: "info,raft=warn".into(),
             snapshot_entries: 100_000,
-            node_ttl_seconds: 15,
+            node_ttl_seconds: 10,
             flavors: CatalogConfig::default(),
             node_shapes: Vec::new(),
         }
