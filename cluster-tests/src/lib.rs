@@ -589,3 +589,49 @@ impl Drop for ContainersGuard {
         });
     }
 }
+
+/// Imports a busybox `httpd` image (serving a page with `marker`) and creates `admin/NAME` running it on port
+/// 8080, with `settings` applied first (`(path under the Space, JSON body)`, e.g. hardware or sleep time).
+pub fn httpd_space(
+    c: &Coordinator,
+    admin: &str,
+    dir: &Path,
+    name: &str,
+    marker: &str,
+    settings: &[(&str, serde_json::Value)],
+) {
+    let image = format!("bench/{name}:1");
+    let archive = busybox_image(
+        dir,
+        &image,
+        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
+        marker,
+    );
+    let env = [("HF_ENDPOINT", c.api_url.as_str()), ("HF_TOKEN", admin)];
+    let out = run(
+        "spacedock",
+        &["image", "import", archive.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let call = |method: &str, path: String, body: serde_json::Value| {
+        api(&c.api_url, admin, method, &path, Some(body)).unwrap();
+    };
+    call(
+        "POST",
+        "/api/repos/create".into(),
+        serde_json::json!({ "type": "space", "name": name, "sdk": "docker" }),
+    );
+    for (path, body) in settings {
+        call(
+            "POST",
+            format!("/api/spaces/admin/{name}/{path}"),
+            body.clone(),
+        );
+    }
+    call(
+        "PUT",
+        format!("/api/spaces/admin/{name}/image"),
+        serde_json::json!({ "image": image, "port": 8080, "startupTimeout": 60 }),
+    );
+}

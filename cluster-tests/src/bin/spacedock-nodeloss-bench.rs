@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use spacedock_cluster_tests::{
-    Agent, ContainersGuard, Coordinator, api, busybox_image, flag_u64, http_get, run,
+    Agent, ContainersGuard, Coordinator, api, flag_u64, http_get, httpd_space,
 };
 
 fn main() {
@@ -43,32 +43,7 @@ fn main() {
         ));
         guards.push(ContainersGuard { namespace });
     }
-    let archive = busybox_image(
-        dir.path(),
-        "bench/loss:1",
-        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
-        "still here",
-    );
-    let env = [
-        ("HF_ENDPOINT", c.api_url.as_str()),
-        ("HF_TOKEN", admin.as_str()),
-    ];
-    let out = run(
-        "spacedock",
-        &["image", "import", archive.to_str().unwrap()],
-        &env,
-    );
-    assert_eq!(out.code, Some(0), "{out:?}");
-    call(
-        "POST",
-        "/api/repos/create",
-        json!({ "type": "space", "name": "loss", "sdk": "docker" }),
-    );
-    call(
-        "PUT",
-        "/api/spaces/admin/loss/image",
-        json!({ "image": "bench/loss:1", "port": 8080, "startupTimeout": 60 }),
-    );
+    httpd_space(&c, &admin, dir.path(), "loss", "still here", &[]);
     let placed = || -> Option<String> {
         let nodes = api(&c.api_url, &admin, "GET", "/api/nodes", None).ok()?;
         nodes.as_array()?.iter().find_map(|n| {

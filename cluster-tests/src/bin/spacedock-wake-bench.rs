@@ -11,9 +11,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spacedock_cluster_tests::{
-    Agent, ContainersGuard, Coordinator, api, busybox_image, flag_u64, run,
-};
+use spacedock_cluster_tests::{Agent, ContainersGuard, Coordinator, api, flag_u64, httpd_space};
 
 fn main() {
     let runs = flag_u64("--runs", 20);
@@ -49,41 +47,16 @@ fn main() {
         ],
     );
     let _containers = ContainersGuard { namespace };
-    let archive = busybox_image(
+    httpd_space(
+        &c,
+        &admin,
         dir.path(),
-        "bench/wake:1",
-        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
+        "wake",
         "awake",
-    );
-    let env = [
-        ("HF_ENDPOINT", c.api_url.as_str()),
-        ("HF_TOKEN", admin.as_str()),
-    ];
-    let out = run(
-        "spacedock",
-        &["image", "import", archive.to_str().unwrap()],
-        &env,
-    );
-    assert_eq!(out.code, Some(0), "{out:?}");
-    call(
-        "POST",
-        "/api/repos/create",
-        json!({ "type": "space", "name": "wake", "sdk": "docker" }),
-    );
-    call(
-        "POST",
-        "/api/spaces/admin/wake/hardware",
-        json!({ "flavor": "bench-small" }),
-    );
-    call(
-        "POST",
-        "/api/spaces/admin/wake/sleeptime",
-        json!({ "seconds": 1 }),
-    );
-    call(
-        "PUT",
-        "/api/spaces/admin/wake/image",
-        json!({ "image": "bench/wake:1", "port": 8080, "startupTimeout": 60 }),
+        &[
+            ("hardware", json!({ "flavor": "bench-small" })),
+            ("sleeptime", json!({ "seconds": 1 })),
+        ],
     );
     let stage = || {
         api(
