@@ -24,8 +24,9 @@ use crate::node::NodeHandle;
 
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a session compares what its agent should run with what it last sent.
-const ASSIGNMENT_CHECK: Duration = Duration::from_millis(250);
+/// How often a session compares what its agent should run with what it last sent (the scheduler also signals
+/// it when it places or removes an allocation on the node).
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
 
 /// When each agent was last heard from, on this coordinator.
 #[derive(Debug, Default)]
