@@ -49,6 +49,17 @@ fn config_dir() -> (tempfile::TempDir, String) {
     (dir, config)
 }
 
+/// Three coordinators with the test flavor: the first bootstraps (and leads), the others join it.
+fn three_coordinators() -> (tempfile::TempDir, Coordinator, Coordinator, Coordinator) {
+    let (dir, config) = config_dir();
+    let flags = ["--config", config.as_str()];
+    let c1 = Coordinator::bootstrap_with(dir.path(), &flags);
+    let admin = c1.admin_token();
+    let c2 = Coordinator::join_with(dir.path(), 2, &c1, &admin, &flags);
+    let c3 = Coordinator::join_with(dir.path(), 3, &c1, &admin, &flags);
+    (dir, c1, c2, c3)
+}
+
 impl Cluster {
     fn start(test: &str, subnet: &str) -> Cluster {
         let (dir, config) = config_dir();
@@ -159,6 +170,21 @@ impl Cluster {
             &startup_timeout.to_string(),
         ]);
         assert_eq!(out.code, Some(0), "{out:?}");
+        id
+    }
+
+    /// `admin/NAME` running busybox `httpd` serving `marker`, RUNNING; returns its id.
+    fn running_httpd(&self, name: &str, marker: &str) -> String {
+        let image = format!("demo/{name}:1");
+        let archive = busybox_image(
+            self.dir.path(),
+            &image,
+            &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
+            marker,
+        );
+        self.import(&archive);
+        let id = self.space(name, &image, 60);
+        self.wait_stage(&id, "RUNNING", Duration::from_secs(90));
         id
     }
 
@@ -530,12 +556,7 @@ fn bad_imports_and_unknown_images_are_refused_with_a_message() {
 
 #[test]
 fn a_space_answers_through_every_coordinator() {
-    let (dir, config) = config_dir();
-    let flags = ["--config", config.as_str()];
-    let c1 = Coordinator::bootstrap_with(dir.path(), &flags);
-    let admin = c1.admin_token();
-    let c2 = Coordinator::join_with(dir.path(), 2, &c1, &admin, &flags);
-    let c3 = Coordinator::join_with(dir.path(), 3, &c1, &admin, &flags);
+    let (dir, c1, c2, c3) = three_coordinators();
     // The agent dials a follower first: it is sent to the leader.
     let join = format!("{},{}", c2.quic_addr, c1.quic_addr);
     let cl = Cluster::with_agent(dir, c1, "every", "10.206.0.0/24", &join);
@@ -746,15 +767,7 @@ fn a_lost_node_s_space_runs_on_another() {
             == 2)
             .then_some(())
     });
-    let archive = busybox_image(
-        cl.dir.path(),
-        "demo/lost:1",
-        &["/bin/sh", "-c", "exec busybox httpd -f -p 8080 -h /www"],
-        "survives its node",
-    );
-    cl.import(&archive);
-    let id = cl.space("lost", "demo/lost:1", 60);
-    cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));
+    let id = cl.running_httpd("lost", "survives its node");
     // Where it runs: (node, allocation).
     let placed = |c: &Cluster| -> Option<(String, String)> {
         let nodes = api(&c.c.api_url, &c.admin, "GET", "/api/nodes", None).ok()?;
@@ -784,4 +797,79 @@ fn a_lost_node_s_space_runs_on_another() {
         status == 200 && body.contains("survives its node"),
         "{status} {body}"
     );
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn the_usage_ledger_survives_a_leader_failover() {
+    let (dir, c1, c2, c3) = three_coordinators();
+    let join = format!("{},{},{}", c1.quic_addr, c2.quic_addr, c3.quic_addr);
+    let mut cl = Cluster::with_agent(dir, c1, "meter", "10.211.0.0/24", &join);
+    let id = cl.running_httpd("meter", "metered");
+    let started = now_ms();
+    // Run past the next minute boundary, so the leader's meter records a completed minute before it dies.
+    let to_boundary = 60_000 - started % 60_000;
+    std::thread::sleep(Duration::from_millis(to_boundary + 7_000));
+    cl.c.kill();
+    // The new leader takes over the meter; the Space keeps running meanwhile.
+    let runtime = |c: &Coordinator| {
+        api(
+            &c.api_url,
+            &cl.admin,
+            "GET",
+            &format!("/api/spaces/{id}/runtime"),
+            None,
+        )
+    };
+    let waited = Instant::now();
+    while !runtime(&c2).is_ok_and(|r| r["stage"] == "RUNNING") {
+        assert!(waited.elapsed() < Duration::from_secs(30), "no new leader");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    api(
+        &c2.api_url,
+        &cl.admin,
+        "POST",
+        &format!("/api/spaces/{id}/pause"),
+        None,
+    )
+    .unwrap();
+    let stopped = now_ms();
+    let waited = Instant::now();
+    let minutes = loop {
+        let usage = api(
+            &c2.api_url,
+            &cl.admin,
+            "GET",
+            "/api/usage?namespace=admin",
+            None,
+        )
+        .unwrap();
+        let stage = runtime(&c2).unwrap()["stage"].clone();
+        let nodes = api(&c2.api_url, &cl.admin, "GET", "/api/nodes", None).unwrap();
+        if stage == "PAUSED" && nodes[0]["allocations"][0].is_null() {
+            break usage["totalMinutes"].as_u64().unwrap();
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "not paused: {usage}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Every minute the Space ran, once: the minutes from its start to its pause (its start may fall just
+    // before RUNNING was seen, and the scheduler's removal just after the pause was acknowledged).
+    let real = stopped / 60_000 - started / 60_000 + 1;
+    assert!(
+        (real..=real + 2).contains(&minutes),
+        "ledger {minutes} minutes, ran in {real} minutes"
+    );
+    let _ = c3;
 }
