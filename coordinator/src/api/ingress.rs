@@ -69,6 +69,8 @@ enum Target {
         space: String,
         startup_timeout_s: u64,
     },
+    /// On its way up (APP_STARTING): the page says so, and a woken request keeps waiting.
+    Starting(String),
     Page(StatusCode, String),
 }
 
@@ -99,6 +101,9 @@ fn find(state: &State, sub: &str, visible: impl Fn(&Repo) -> bool) -> Target {
             space: key.clone(),
             startup_timeout_s: space.image.as_ref().map_or(60, |i| i.startup_timeout_s),
         },
+        (Stage::AppStarting, _) | (Stage::Running, None) => {
+            Target::Starting(format!("{} is starting.", repo.id))
+        }
         (Stage::Paused, _) => Target::Page(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{} is paused. Its owner can restart it.", repo.id),
@@ -126,6 +131,7 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
         .await;
     let target = match found {
         Ok(Target::Page(status, text)) => return page(status, &text),
+        Ok(Target::Starting(text)) => return page(StatusCode::SERVICE_UNAVAILABLE, &text),
         Err(e) => return e.into_response(),
         Ok(_) if api.node.status().role != "leader" => return via_leader(&api, request).await,
         Ok(target) => target,
@@ -170,17 +176,20 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
                         node,
                         allocation,
                     } => break (space, node, allocation),
+                    // It failed, or was paused, while waking: say so now.
+                    Target::Page(status, text) => return page(status, &text),
                     _ if tokio::time::Instant::now() > deadline => {
                         return page(
                             StatusCode::GATEWAY_TIMEOUT,
                             "The Space did not wake within its startup timeout.",
                         );
                     }
-                    _ => {}
+                    Target::Starting(_) | Target::Asleep { .. } => {}
                 }
             }
         }
         Target::Page(status, text) => return page(status, &text),
+        Target::Starting(text) => return page(StatusCode::SERVICE_UNAVAILABLE, &text),
     };
     api.activity.touch(&space, super::system_clock());
     // The leader holds the agents' links; after a restart or failover they come back within seconds.
