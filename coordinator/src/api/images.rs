@@ -282,18 +282,5 @@ async fn set_space_image(
         port: body.port,
         startup_timeout_s: body.startup_timeout.unwrap_or(DEFAULT_STARTUP_TIMEOUT_S),
     };
-    api.write(&headers, command).await?;
-    let runtime = api
-        .read(&headers, |state, _| {
-            let repo = state
-                .repo(spacedock_coordinator_core::state::RepoKind::Space, &id)
-                .ok_or_else(|| ApiError::repo_not_found(&id))?;
-            let space = repo
-                .space
-                .as_ref()
-                .ok_or_else(|| ApiError::repo_not_found(&id))?;
-            Ok(super::json::runtime(&api, space))
-        })
-        .await?;
-    Ok(JsonResponse(runtime))
+    super::spaces::write_then_runtime(&api, &headers, &id, command).await
 }

@@ -130,13 +130,13 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
         })
         .await;
     let target = match found {
-        Ok(Target::Page(status, text)) => return page(status, &text),
-        Ok(Target::Starting(text)) => return page(StatusCode::SERVICE_UNAVAILABLE, &text),
-        Err(e) => return e.into_response(),
-        Ok(_) if api.node.status().role != "leader" => return via_leader(&api, request).await,
         Ok(target) => target,
+        Err(e) => return e.into_response(),
     };
     let (space, node, allocation) = match target {
+        Target::Page(status, text) => return page(status, &text),
+        Target::Starting(text) => return page(StatusCode::SERVICE_UNAVAILABLE, &text),
+        _ if api.node.status().role != "leader" => return via_leader(&api, request).await,
         Target::Agent {
             space,
             node,
@@ -188,8 +188,6 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
                 }
             }
         }
-        Target::Page(status, text) => return page(status, &text),
-        Target::Starting(text) => return page(StatusCode::SERVICE_UNAVAILABLE, &text),
     };
     api.activity.touch(&space, super::system_clock());
     // The leader holds the agents' links; after a restart or failover they come back within seconds.

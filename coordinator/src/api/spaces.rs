@@ -66,7 +66,7 @@ fn visible_space<'a>(
 }
 
 /// Writes a command for a Space, then answers with its runtime.
-async fn write_then_runtime(
+pub(super) async fn write_then_runtime(
     api: &Api,
     headers: &HeaderMap,
     id: &str,
