@@ -136,7 +136,6 @@ impl Fetcher {
         let request = BlobRequest {
             digest: digest.to_owned(),
             offset,
-            length: 0,
         };
         let expected = |size| request.bytes_of(size);
         send(&mut tx, &request.clone().into()).await?;

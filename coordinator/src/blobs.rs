@@ -312,7 +312,6 @@ impl Blobs {
             let request = BlobRequest {
                 digest: digest.to_owned(),
                 offset: 0,
-                length: 0,
             };
             send(&mut tx, &request.into()).await?;
             let size = match rx.recv().await? {

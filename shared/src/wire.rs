@@ -229,29 +229,24 @@ pub struct Registered {
     pub node: String,
 }
 
-/// Asks for `length` bytes of a blob from `offset` on (0: to the end), to resume a transfer or fetch ranges in
-/// parallel. The answer is a `BlobHeader`, then the bytes, raw.
+/// Asks for a blob's bytes from `offset` to its end (resuming a cut transfer). The answer is a `BlobHeader`,
+/// then the bytes, raw.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BlobRequest {
     /// `sha256:HEX`.
     pub digest: String,
     pub offset: u64,
-    pub length: u64,
 }
 
 impl BlobRequest {
     /// How many bytes answer this request for a blob of `size` bytes.
     pub fn bytes_of(&self, size: u64) -> u64 {
-        let rest = size.saturating_sub(self.offset);
-        match self.length {
-            0 => rest,
-            n => n.min(rest),
-        }
+        size.saturating_sub(self.offset)
     }
 }
 
-/// Whether the blob is there and its whole size; `message` says why not. When found, exactly the requested
-/// bytes follow, raw: `length`, or `size - offset` when the request said 0.
+/// Whether the blob is there and its whole size; `message` says why not. When found, the `size - offset`
+/// requested bytes follow, raw.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BlobHeader {
     pub found: bool,
