@@ -14,8 +14,9 @@ use crate::access::{
 use crate::command::{Command, Envelope, KeyValue, NewToken, SpaceSpec};
 use crate::error::ApplyError;
 use crate::state::{
-    AllocationPhase, JoinToken, Millis, Node, NodeState, Org, Repo, RepoKind, Role, Secret,
-    SecretValue, SpaceImage, SpaceState, Stage, State, Token, User, Variable, repo_key,
+    AllocationPhase, JoinToken, Millis, Node, NodeState, Org, PendingBuild, Repo, RepoGit,
+    RepoKind, Role, Secret, SecretValue, SpaceImage, SpaceState, Stage, State, Token, User,
+    Variable, repo_key,
 };
 use crate::{schedule, usage};
 
@@ -387,6 +388,13 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             };
             let mut space = new_space(state, &to_id, &spec, Some(&source_space.variables), at)?;
             space.duplicated_from = Some(source.id.clone());
+            if let Some(commit) = &source.sha {
+                space.stage = Stage::Building;
+                space.build = Some(PendingBuild {
+                    commit: commit.clone(),
+                    requested_at: at,
+                });
+            }
             insert_repo(
                 state,
                 uid,
@@ -396,6 +404,11 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 Some(space),
                 at,
             );
+            // The copy shares the source's objects: the same packs, the same refs.
+            let copy = repo_mut(state, RepoKind::Space, to)?;
+            copy.git = source.git.clone();
+            copy.git.rewrites.clear();
+            copy.sha = source.sha.clone();
             Ok(())
         }
         Command::SetFlavors { flavors } => {
@@ -652,6 +665,22 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             usage::record(state, entries);
             Ok(())
         }
+        Command::UpdateRefs {
+            kind,
+            id,
+            updates,
+            pack,
+            rewrites,
+            space,
+        } => {
+            let p = actor(state, &principal_hash, at)?;
+            let by = p.user.name.clone();
+            let repo = writable_repo(state, &p, *kind, id)?;
+            crate::git::check_updates(repo, updates, pack.as_deref(), rewrites, space.as_ref())?;
+            let repo = repo_mut(state, *kind, id)?;
+            crate::git::update_refs(repo, updates, pack, rewrites, space.as_ref(), &by, at);
+            Ok(())
+        }
         Command::ReportAllocation {
             id,
             node,
@@ -690,6 +719,10 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 let (stage, error) = match phase {
                     AllocationPhase::Pulling | AllocationPhase::Starting => {
                         (Stage::AppStarting, None)
+                    }
+                    // The old commit runs while a new one waits for its build.
+                    AllocationPhase::Running if space.build.is_some() => {
+                        (Stage::RunningBuilding, None)
                     }
                     AllocationPhase::Running => (Stage::Running, None),
                     AllocationPhase::Failed => (Stage::RuntimeError, Some(message.clone())),
@@ -917,6 +950,7 @@ fn new_space(
         restarts: 0,
         factory_restarts: 0,
         image: None,
+        build: None,
     })
 }
 
@@ -944,6 +978,7 @@ fn insert_repo(
         updated_at: at,
         sha: None,
         space,
+        git: RepoGit::default(),
     };
     state.repos.insert(key, repo);
 }

@@ -260,6 +260,34 @@ pub enum Command {
         phase: AllocationPhase,
         message: String,
     },
+    /// A push or commit: every ref moves from its `old` or none does. The proposer has stored `pack` (if any)
+    /// on a quorum and checked that the new commits' objects are in the repo's packs.
+    UpdateRefs {
+        kind: RepoKind,
+        id: String,
+        updates: Vec<RefUpdate>,
+        pack: Option<String>,
+        /// Refs whose update is not a fast-forward (the proposer checked), recorded as rewrites.
+        rewrites: Vec<String>,
+        /// For a Space whose main branch gets a new commit: what that commit means.
+        space: Option<SpaceCommit>,
+    },
+}
+
+/// One ref's move; `None` is absent (creation or deletion).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RefUpdate {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// What a new commit on a Space's main branch means, read from its README.md and files by the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum SpaceCommit {
+    Build { sdk: String },
+    ConfigError { message: String },
+    NoAppFile { sdk: String, message: String },
 }
 
 impl Envelope {
@@ -325,6 +353,7 @@ impl Command {
             Command::Sleep { .. } => "Sleep",
             Command::Wake { .. } => "Wake",
             Command::ReportAllocation { .. } => "ReportAllocation",
+            Command::UpdateRefs { .. } => "UpdateRefs",
         }
     }
 }

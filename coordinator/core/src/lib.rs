@@ -5,6 +5,7 @@ pub mod access;
 pub mod apply;
 pub mod command;
 pub mod error;
+pub mod git;
 pub mod schedule;
 pub mod state;
 pub mod usage;

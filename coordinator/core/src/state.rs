@@ -286,6 +286,8 @@ pub struct SpaceState {
     pub factory_restarts: u64,
     /// The image the Space runs, when it runs a stored image (set by `set-image`, later by the builder).
     pub image: Option<SpaceImage>,
+    /// The newest commit on main waiting to be built, if any.
+    pub build: Option<PendingBuild>,
 }
 
 /// How long a cpu-basic Space may idle before it sleeps, unless it says otherwise (the Hub's 48 hours).
@@ -384,6 +386,40 @@ pub struct Repo {
     /// Head commit of the main branch, once the repo has one.
     pub sha: Option<String>,
     pub space: Option<SpaceState>,
+    pub git: RepoGit,
+}
+
+/// A repo's git refs and where their objects are: the Raft state holds refs and digests, the blob store the
+/// objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RepoGit {
+    /// Full ref name (`refs/heads/main`) to commit id (sha1 hex).
+    pub refs: BTreeMap<String, String>,
+    /// `sha256:` digests of the packs in the blob store that together hold every object, oldest first.
+    pub packs: Vec<String>,
+    /// Ref updates that were not fast-forwards, newest last (the last `MAX_REWRITES`).
+    pub rewrites: Vec<Rewrite>,
+}
+
+/// How many history rewrites a repo remembers.
+pub const MAX_REWRITES: usize = 100;
+
+/// A push or commit that moved a ref to a commit that does not contain its old one.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Rewrite {
+    pub ref_name: String,
+    pub old: String,
+    pub new: String,
+    /// The user whose token pushed it.
+    pub by: String,
+    pub at: Millis,
+}
+
+/// A build a commit asked for, waiting for a builder.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct PendingBuild {
+    pub commit: String,
+    pub requested_at: Millis,
 }
 
 impl Repo {

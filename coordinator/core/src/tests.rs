@@ -1410,3 +1410,195 @@ mod schedule_batch {
         assert!(matches!(err, ApplyError::Forbidden(_)), "{err}");
     }
 }
+
+mod refs {
+    use super::*;
+    use crate::command::{RefUpdate, SpaceCommit};
+    use crate::git::MAIN;
+
+    const PACK: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn oid(c: char) -> String {
+        c.to_string().repeat(40)
+    }
+
+    fn push(old: Option<char>, new: Option<char>, space: Option<SpaceCommit>) -> Command {
+        Command::UpdateRefs {
+            kind: RepoKind::Space,
+            id: "alice/app".into(),
+            updates: vec![RefUpdate {
+                name: MAIN.into(),
+                old: old.map(oid),
+                new: new.map(oid),
+            }],
+            pack: Some(PACK.into()),
+            rewrites: vec![],
+            space,
+        }
+    }
+
+    fn build() -> Option<SpaceCommit> {
+        Some(SpaceCommit::Build {
+            sdk: "docker".into(),
+        })
+    }
+
+    #[test]
+    fn a_push_moves_main_and_asks_for_a_build() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", false).unwrap();
+        c.run(ALICE, push(None, Some('a'), build())).unwrap();
+        let repo = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        assert_eq!(repo.sha.as_deref(), Some(oid('a').as_str()));
+        assert_eq!(repo.git.packs, vec![PACK.to_owned()]);
+        let space = repo.space.as_ref().unwrap();
+        assert_eq!(space.stage, Stage::Building);
+        assert_eq!(space.sdk, "docker");
+        assert_eq!(space.build.as_ref().unwrap().commit, oid('a'));
+
+        c.run(
+            ALICE,
+            push(
+                Some('a'),
+                Some('b'),
+                Some(SpaceCommit::ConfigError {
+                    message: "README.md:2: sdk: bad".into(),
+                }),
+            ),
+        )
+        .unwrap();
+        let space = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        let space = space.space.as_ref().unwrap();
+        assert_eq!(space.stage, Stage::ConfigError);
+        assert_eq!(
+            space.error_message.as_deref(),
+            Some("README.md:2: sdk: bad")
+        );
+        assert!(space.build.is_none());
+        // The same pack twice is kept once.
+        let repo = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        assert_eq!(repo.git.packs.len(), 1);
+    }
+
+    #[test]
+    fn a_stale_push_conflicts_and_changes_nothing() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", false).unwrap();
+        c.run(ALICE, push(None, Some('a'), build())).unwrap();
+        let err = c.refused(Some(ALICE), push(None, Some('b'), build()));
+        assert!(
+            matches!(&err, ApplyError::Conflict { message, .. } if message.contains("moved")),
+            "{err:?}"
+        );
+        let err = c.refused(Some(ALICE), push(Some('c'), Some('b'), build()));
+        assert_eq!(err.code(), "Conflict");
+    }
+
+    #[test]
+    fn pushes_need_write_rights_and_valid_refs() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", true).unwrap();
+        assert_eq!(
+            c.refused(Some(ALICE_READ), push(None, Some('a'), None))
+                .code(),
+            "Forbidden"
+        );
+        // Bob cannot see the private Space: it is absent to him.
+        assert_eq!(
+            c.refused(Some(BOB), push(None, Some('a'), None)).code(),
+            "RepoNotFound"
+        );
+        for (name, new) in [
+            ("refs/heads/a..b", oid('a')),
+            ("HEAD", oid('a')),
+            (MAIN, "XYZ".to_owned()),
+        ] {
+            let bad = Command::UpdateRefs {
+                kind: RepoKind::Space,
+                id: "alice/app".into(),
+                updates: vec![RefUpdate {
+                    name: name.into(),
+                    old: None,
+                    new: Some(new),
+                }],
+                pack: None,
+                rewrites: vec![],
+                space: None,
+            };
+            assert_eq!(c.refused(Some(ALICE), bad).code(), "BadRequest", "{name}");
+        }
+        // A build outcome for a branch other than main is refused.
+        let side = Command::UpdateRefs {
+            kind: RepoKind::Space,
+            id: "alice/app".into(),
+            updates: vec![RefUpdate {
+                name: "refs/heads/side".into(),
+                old: None,
+                new: Some(oid('a')),
+            }],
+            pack: None,
+            rewrites: vec![],
+            space: build(),
+        };
+        assert_eq!(c.refused(Some(ALICE), side).code(), "BadRequest");
+    }
+
+    #[test]
+    fn rewrites_are_recorded_and_deleting_main_clears_sha() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", false).unwrap();
+        c.run(ALICE, push(None, Some('a'), build())).unwrap();
+        let Command::UpdateRefs {
+            kind,
+            id,
+            updates,
+            pack,
+            ..
+        } = push(Some('a'), Some('b'), None)
+        else {
+            unreachable!()
+        };
+        c.run(
+            ALICE,
+            Command::UpdateRefs {
+                kind,
+                id,
+                updates,
+                pack,
+                rewrites: vec![MAIN.into()],
+                space: build(),
+            },
+        )
+        .unwrap();
+        let repo = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        assert_eq!(repo.git.rewrites.len(), 1);
+        assert_eq!(repo.git.rewrites[0].by, "alice");
+        assert_eq!(repo.git.rewrites[0].old, oid('a'));
+        c.run(ALICE, push(Some('b'), None, None)).unwrap();
+        let repo = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        assert_eq!(repo.sha, None);
+        assert!(repo.git.refs.is_empty());
+    }
+
+    #[test]
+    fn a_duplicate_shares_the_sources_commits_and_builds() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", false).unwrap();
+        c.run(ALICE, push(None, Some('a'), build())).unwrap();
+        c.run(
+            BOB,
+            Command::DuplicateSpace {
+                uid: "r2".into(),
+                from: "alice/app".into(),
+                to: "bob/copy".into(),
+                private: None,
+                spec: SpaceSpec::default(),
+            },
+        )
+        .unwrap();
+        let copy = c.state.repo(RepoKind::Space, "bob/copy").unwrap();
+        assert_eq!(copy.sha.as_deref(), Some(oid('a').as_str()));
+        assert_eq!(copy.git.packs, vec![PACK.to_owned()]);
+        assert_eq!(copy.space.as_ref().unwrap().stage, Stage::Building);
+    }
+}

@@ -92,7 +92,7 @@ fn find(state: &State, sub: &str, visible: impl Fn(&Repo) -> bool) -> Target {
         .values()
         .find(|a| &a.space == key && a.phase == AllocationPhase::Running);
     match (space.stage, live) {
-        (Stage::Running, Some(a)) => Target::Agent {
+        (Stage::Running | Stage::RunningBuilding, Some(a)) => Target::Agent {
             space: key.clone(),
             node: a.node.clone(),
             allocation: a.id.clone(),

@@ -1,0 +1,288 @@
+//! Rules for git repos in the replicated state: ref names and object ids, and what a new commit on a Space's
+//! main branch does to the Space (build it, or say why it cannot).
+
+use spacedock_shared::flavor::Catalog;
+use spacedock_shared::space_config::{Sdk, validate_readme};
+
+use crate::command::{RefUpdate, SpaceCommit};
+use crate::error::ApplyError;
+use crate::state::{MAX_REWRITES, Millis, PendingBuild, Repo, Rewrite, Stage};
+
+/// The branch a Space builds from and `sha` follows.
+pub const MAIN: &str = "refs/heads/main";
+
+/// Whether `s` is a full lowercase sha1 object id.
+pub fn is_object_id(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks a full ref name by git's rules (`git check-ref-format`), limited to `refs/heads/` and `refs/tags/`.
+pub fn check_ref_name(name: &str) -> Result<(), String> {
+    let rest = name
+        .strip_prefix("refs/heads/")
+        .or_else(|| name.strip_prefix("refs/tags/"))
+        .ok_or_else(|| format!("`{name}`: only refs/heads/ and refs/tags/ may be pushed"))?;
+    let bad = |why: &str| Err(format!("`{name}` is not a valid ref name: {why}"));
+    if rest.is_empty() || name.len() > 255 {
+        return bad("empty or longer than 255 bytes");
+    }
+    if name.bytes().any(|b| {
+        b < 0x20 || b == 0x7f || matches!(b, b' ' | b'~' | b'^' | b':' | b'?' | b'*' | b'[' | b'\\')
+    }) {
+        return bad("it has a space, a control character or one of ~^:?*[\\");
+    }
+    if name.contains("..") || name.contains("@{") || name.contains("//") || name.ends_with('/') {
+        return bad("it has `..`, `@{`, `//` or ends with `/`");
+    }
+    if name.ends_with(".lock") || name.ends_with('.') {
+        return bad("it ends with `.lock` or `.`");
+    }
+    if rest.split('/').any(|part| part.starts_with('.')) {
+        return bad("a part starts with `.`");
+    }
+    Ok(())
+}
+
+/// What a new main commit of a Space means, from its README.md (if any) and whether a file exists in it.
+pub fn space_commit(
+    readme: Option<&[u8]>,
+    has_file: impl Fn(&str) -> bool,
+    catalog: &Catalog,
+) -> SpaceCommit {
+    let Some(readme) = readme else {
+        return SpaceCommit::ConfigError {
+            message: "README.md is missing: a Space is configured by its front matter".into(),
+        };
+    };
+    let report = validate_readme(readme, catalog);
+    let Some(config) = report.config else {
+        let message = report
+            .errors()
+            .map(|p| p.render("README.md"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        return SpaceCommit::ConfigError { message };
+    };
+    let needed = match config.sdk {
+        Sdk::Docker => "Dockerfile",
+        _ => config.effective_app_file().unwrap_or("app.py"),
+    };
+    if !has_file(needed) {
+        return SpaceCommit::NoAppFile {
+            sdk: config.sdk.as_str().to_owned(),
+            message: format!(
+                "{needed} is not in the repo; a {} Space needs it",
+                config.sdk.as_str()
+            ),
+        };
+    }
+    SpaceCommit::Build {
+        sdk: config.sdk.as_str().to_owned(),
+    }
+}
+
+/// Checks an `UpdateRefs` against the repo as it is: well-formed names and ids, and every ref still where the
+/// pusher saw it (else `Conflict`: someone pushed in between).
+pub fn check_updates(
+    repo: &Repo,
+    updates: &[RefUpdate],
+    pack: Option<&str>,
+    rewrites: &[String],
+    space: Option<&SpaceCommit>,
+) -> Result<(), ApplyError> {
+    if updates.is_empty() {
+        return Err(ApplyError::invalid("updates", "nothing to update"));
+    }
+    for (i, u) in updates.iter().enumerate() {
+        check_ref_name(&u.name).map_err(|m| ApplyError::invalid("ref", m))?;
+        if updates[..i].iter().any(|o| o.name == u.name) {
+            return Err(ApplyError::invalid(
+                "ref",
+                format!("`{}` is updated twice", u.name),
+            ));
+        }
+        for id in [&u.old, &u.new].into_iter().flatten() {
+            if !is_object_id(id) {
+                return Err(ApplyError::invalid(
+                    "ref",
+                    format!("`{id}` is not an object id"),
+                ));
+            }
+        }
+        let current = repo.git.refs.get(&u.name);
+        if current != u.old.as_ref() {
+            return Err(ApplyError::Conflict {
+                message: format!(
+                    "{} moved: expected {}, it is at {}; fetch and try again",
+                    u.name,
+                    u.old.as_deref().unwrap_or("no ref"),
+                    current.map_or("no ref", String::as_str)
+                ),
+                url_path: None,
+            });
+        }
+    }
+    if let Some(pack) = pack {
+        let hex = pack.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApplyError::invalid(
+                "pack",
+                format!("`{pack}` is not a sha256 digest"),
+            ));
+        }
+    }
+    for name in rewrites {
+        if !updates
+            .iter()
+            .any(|u| &u.name == name && u.old.is_some() && u.new.is_some())
+        {
+            return Err(ApplyError::invalid(
+                "rewrites",
+                format!("`{name}` is not an update of an existing ref"),
+            ));
+        }
+    }
+    let main_moves = updates.iter().any(|u| u.name == MAIN && u.new.is_some());
+    if space.is_some() && (repo.space.is_none() || !main_moves) {
+        return Err(ApplyError::invalid(
+            "space",
+            "only a new main commit of a Space is built",
+        ));
+    }
+    Ok(())
+}
+
+/// Applies a checked `UpdateRefs`.
+pub fn update_refs(
+    repo: &mut Repo,
+    updates: &[RefUpdate],
+    pack: &Option<String>,
+    rewrites: &[String],
+    space: Option<&SpaceCommit>,
+    by: &str,
+    at: Millis,
+) {
+    for u in updates {
+        match &u.new {
+            Some(new) => repo.git.refs.insert(u.name.clone(), new.clone()),
+            None => repo.git.refs.remove(&u.name),
+        };
+        if let (true, Some(old), Some(new)) = (rewrites.contains(&u.name), &u.old, &u.new) {
+            repo.git.rewrites.push(Rewrite {
+                ref_name: u.name.clone(),
+                old: old.clone(),
+                new: new.clone(),
+                by: by.to_owned(),
+                at,
+            });
+        }
+    }
+    let excess = repo.git.rewrites.len().saturating_sub(MAX_REWRITES);
+    repo.git.rewrites.drain(..excess);
+    if let Some(pack) = pack
+        && !repo.git.packs.contains(pack)
+    {
+        repo.git.packs.push(pack.clone());
+    }
+    repo.sha = repo.git.refs.get(MAIN).cloned();
+    repo.updated_at = at;
+    let (Some(commit), Some(s), Some(space)) = (&repo.sha, space, repo.space.as_mut()) else {
+        return;
+    };
+    match s {
+        SpaceCommit::Build { sdk } => {
+            space.sdk = sdk.clone();
+            space.build = Some(PendingBuild {
+                commit: commit.clone(),
+                requested_at: at,
+            });
+            space.error_message = None;
+            space.stage = if space.stage == Stage::Running {
+                Stage::RunningBuilding
+            } else {
+                Stage::Building
+            };
+        }
+        SpaceCommit::ConfigError { message } => {
+            space.build = None;
+            space.stage = Stage::ConfigError;
+            space.error_message = Some(message.clone());
+        }
+        SpaceCommit::NoAppFile { sdk, message } => {
+            space.sdk = sdk.clone();
+            space.build = None;
+            space.stage = Stage::NoAppFile;
+            space.error_message = Some(message.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_names_follow_gits_rules() {
+        for good in [
+            "refs/heads/main",
+            "refs/heads/feature/x-1",
+            "refs/tags/v1.0",
+        ] {
+            assert_eq!(check_ref_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "main",
+            "refs/remotes/origin/main",
+            "refs/heads/",
+            "refs/heads/a..b",
+            "refs/heads/a b",
+            "refs/heads/x.lock",
+            "refs/heads/.hidden",
+            "refs/heads/a//b",
+            "refs/heads/a@{1}",
+            "refs/heads/a\u{7f}",
+        ] {
+            assert!(check_ref_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn object_ids_are_forty_lowercase_hex() {
+        assert!(is_object_id(&"a".repeat(40)));
+        assert!(!is_object_id(&"A".repeat(40)));
+        assert!(!is_object_id(&"a".repeat(39)));
+    }
+
+    #[test]
+    fn a_space_commit_builds_or_says_why_not() {
+        let catalog = Catalog::huggingface();
+        let readme = b"---\nsdk: gradio\n---\n";
+        assert_eq!(
+            space_commit(Some(readme), |f| f == "app.py", &catalog),
+            SpaceCommit::Build {
+                sdk: "gradio".into()
+            }
+        );
+        let SpaceCommit::NoAppFile { message, .. } =
+            space_commit(Some(readme), |_| false, &catalog)
+        else {
+            panic!("expected NoAppFile");
+        };
+        assert!(message.contains("app.py"), "{message}");
+        let docker = b"---\nsdk: docker\n---\n";
+        assert!(matches!(
+            space_commit(Some(docker), |f| f == "app.py", &catalog),
+            SpaceCommit::NoAppFile { .. }
+        ));
+        let SpaceCommit::ConfigError { message } =
+            space_commit(Some(b"---\nsdk: rails\n---\n"), |_| true, &catalog)
+        else {
+            panic!("expected ConfigError");
+        };
+        assert!(message.starts_with("README.md:2: sdk:"), "{message}");
+        assert!(matches!(
+            space_commit(None, |_| true, &catalog),
+            SpaceCommit::ConfigError { .. }
+        ));
+    }
+}
