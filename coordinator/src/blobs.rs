@@ -56,7 +56,7 @@ impl BlobStore {
         })
     }
 
-    fn path(&self, digest: &str) -> anyhow::Result<PathBuf> {
+    pub fn path(&self, digest: &str) -> anyhow::Result<PathBuf> {
         Ok(self.root.join("sha256").join(digest_hex(digest)?))
     }
 
@@ -92,6 +92,31 @@ impl BlobStore {
             b3: blake3::Hasher::new(),
             written: 0,
         })
+    }
+
+    /// Stores a file's bytes as a blob (hashed first, then written and checked); returns its digest and size.
+    pub fn put_file(&self, path: &Path) -> anyhow::Result<(String, u64)> {
+        use std::io::Read as _;
+        let open =
+            || std::fs::File::open(path).with_context(|| format!("opening {}", path.display()));
+        let mut sha = sha2::Sha256::new();
+        std::io::copy(&mut open()?, &mut sha)?;
+        let digest = format!("sha256:{}", hex::encode(sha.finalize()));
+        if let Some(size) = self.len(&digest) {
+            return Ok((digest, size));
+        }
+        let mut writer = self.writer(&digest)?;
+        let mut file = open()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            writer.write(&buf[..n])?;
+        }
+        let size = writer.finish()?;
+        Ok((digest, size))
     }
 
     /// Whether the blob's bytes still match its blake3 sidecar; a blob that does not is quarantined.

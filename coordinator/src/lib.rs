@@ -7,6 +7,7 @@ pub mod api;
 pub mod blobs;
 pub mod config;
 pub mod engine;
+pub mod git;
 pub mod join;
 pub mod links;
 pub mod node;

@@ -207,6 +207,7 @@ pub async fn run(
         clock: Arc::new(api::system_clock),
         peers: Some(peers),
         ca_fingerprint: authority.ca_fingerprint.clone(),
+        mirrors: crate::git::Mirrors::new(&dir.root.join("git"), blobs.clone())?,
         blobs,
         links,
         activity: activity.clone(),

@@ -8,6 +8,7 @@ pub mod flavor;
 pub mod image;
 pub mod money;
 pub mod names;
+pub mod secret_scan;
 pub mod space_config;
 pub mod wire;
 pub mod yaml;

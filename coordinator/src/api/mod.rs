@@ -6,6 +6,7 @@
 //! shape JSON. Decisions live in `spacedock-coordinator-core`.
 
 mod cluster;
+mod git_http;
 mod images;
 mod ingress;
 mod json;
@@ -50,6 +51,8 @@ pub struct Api {
     pub ca_fingerprint: String,
     /// The cluster's blob store (image layers and configs).
     pub blobs: Arc<crate::blobs::Blobs>,
+    /// This coordinator's git mirrors of the repos.
+    pub mirrors: Arc<crate::git::Mirrors>,
     /// The agents connected to this coordinator (for the ingress and run logs).
     pub links: Arc<crate::links::Links>,
     /// When each Space last saw a request (the ingress records, the sleeper reads).
@@ -84,6 +87,7 @@ pub fn router(api: Api) -> Router {
         .merge(images::routes())
         .merge(logs::routes())
         .merge(usage::routes())
+        .merge(git_http::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -111,6 +115,10 @@ impl ApiError {
             message: message.into(),
             extra: None,
         }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -222,7 +230,8 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::bad_request(message)
 }
 
-/// The hash of the bearer token a request carries, if any.
+/// The hash of the token a request carries, if any: `Bearer TOKEN`, or HTTP Basic with any username and the
+/// token as the password (what git sends).
 pub fn bearer_hash(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
@@ -230,10 +239,28 @@ pub fn bearer_hash(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let value = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("Authorization header is not ASCII"))?;
+    if let Some(basic) = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+    {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization: Basic credentials are not valid base64")
+            })?;
+        let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+        let token = if password.is_empty() { user } else { password };
+        return Ok(Some(hash_secret(token.trim())));
+    }
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::unauthorized("Authorization header must be `Bearer <token>`"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("Authorization header must be `Bearer <token>` or Basic")
+        })?;
     Ok(Some(hash_secret(token.trim())))
 }
 

@@ -1,0 +1,390 @@
+//! Repos through the real git CLI: clone, commit, push, pull, shallow clones, private repos, pushes refused
+//! (size limit, no write rights, stale), credential warnings, a Space's stage after a push, and a push that
+//! survives the leader's kill -9.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: panics are how tests fail
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spacedock_cluster_tests::{Coordinator, api};
+
+/// A user with a write token.
+fn user(c: &Coordinator, admin: &str, name: &str) -> String {
+    api(
+        &c.api_url,
+        admin,
+        "POST",
+        "/api/cluster/users",
+        Some(json!({ "name": name })),
+    )
+    .unwrap();
+    let token = api(
+        &c.api_url,
+        admin,
+        "POST",
+        "/api/cluster/tokens",
+        Some(json!({ "owner": name, "name": "git", "role": "write" })),
+    )
+    .unwrap();
+    token["token"].as_str().unwrap().to_owned()
+}
+
+fn create(c: &Coordinator, token: &str, body: Value) {
+    api(&c.api_url, token, "POST", "/api/repos/create", Some(body)).unwrap();
+}
+
+/// A git command in `cwd` with no user or system config; returns (success, stdout + stderr).
+fn git(cwd: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("git")
+        .current_dir(cwd)
+        .args(args)
+        .env("HOME", cwd)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("running git");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn git_ok(cwd: &Path, args: &[&str]) -> String {
+    let (ok, text) = git(cwd, args);
+    assert!(ok, "git {args:?} failed:\n{text}");
+    text
+}
+
+/// `http://user:TOKEN@host/PATH` (or anonymous).
+fn url(c: &Coordinator, token: Option<&str>, path: &str) -> String {
+    let host = c.api_url.trim_start_matches("http://");
+    match token {
+        Some(t) => format!("http://user:{t}@{host}/{path}"),
+        None => format!("http://{host}/{path}"),
+    }
+}
+
+fn clone(c: &Coordinator, token: Option<&str>, path: &str, into: &Path) -> PathBuf {
+    let into_str = into.to_str().unwrap();
+    git_ok(
+        into.parent().unwrap(),
+        &["clone", "-q", &url(c, token, path), into_str],
+    );
+    into.to_owned()
+}
+
+fn commit(repo: &Path, files: &[(&str, &[u8])], message: &str) -> String {
+    for (name, bytes) in files {
+        let path = repo.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    git_ok(repo, &["add", "-A"]);
+    git_ok(repo, &["commit", "-q", "-m", message]);
+    head(repo)
+}
+
+fn head(repo: &Path) -> String {
+    git_ok(repo, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+fn runtime(c: &Coordinator, token: &str, id: &str) -> Value {
+    api(
+        &c.api_url,
+        token,
+        "GET",
+        &format!("/api/spaces/{id}/runtime"),
+        None,
+    )
+    .unwrap()
+}
+
+const STATIC_README: &[u8] = b"---\ntitle: App\nsdk: static\n---\n# App\n";
+
+#[test]
+fn git_clones_pushes_and_pulls_with_the_hubs_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::bootstrap(dir.path());
+    let admin = c.admin_token();
+    let alice = user(&c, &admin, "alice");
+    let bob = user(&c, &admin, "bob");
+    create(
+        &c,
+        &alice,
+        json!({ "name": "app", "type": "space", "sdk": "static" }),
+    );
+
+    // An empty public Space clones anonymously; the first push needs a token and makes main.
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let first = clone(&c, None, "spaces/alice/app", &work.join("first"));
+    let (ok, text) = git(&first, &["push", "-q", "origin", "HEAD:main"]);
+    assert!(!ok, "an anonymous push went through: {text}");
+    git_ok(&first, &["checkout", "-q", "-b", "main"]);
+    let one = commit(
+        &first,
+        &[
+            ("README.md", STATIC_README),
+            ("index.html", b"<h1>one</h1>"),
+        ],
+        "one",
+    );
+    git_ok(
+        &first,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            &url(&c, Some(&alice), "spaces/alice/app"),
+        ],
+    );
+    git_ok(&first, &["push", "-q", "origin", "main"]);
+    let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
+    assert_eq!(info["sha"], one, "{info}");
+    assert_eq!(runtime(&c, &alice, "alice/app")["stage"], "BUILDING");
+
+    // A second clone (anonymous, with .git) sees the push; a shallow clone has one commit.
+    let second = clone(&c, None, "spaces/alice/app.git", &work.join("second"));
+    assert_eq!(head(&second), one);
+    assert_eq!(
+        std::fs::read(second.join("index.html")).unwrap(),
+        b"<h1>one</h1>"
+    );
+
+    // Push from the second clone, pull into the first.
+    git_ok(
+        &second,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            &url(&c, Some(&alice), "spaces/alice/app"),
+        ],
+    );
+    let two = commit(&second, &[("index.html", b"<h1>two</h1>")], "two");
+    git_ok(&second, &["push", "-q", "origin", "main"]);
+    git_ok(&first, &["pull", "-q", "--ff-only", "origin", "main"]);
+    assert_eq!(head(&first), two);
+    let shallow = work.join("shallow");
+    git_ok(
+        &work,
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            &url(&c, None, "spaces/alice/app"),
+            shallow.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        git_ok(&shallow, &["rev-list", "--count", "HEAD"]).trim(),
+        "1"
+    );
+
+    // A likely credential is warned about, naming file and line, never repeating the value.
+    let secret = "hf_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
+    commit(
+        &first,
+        &[(
+            "config.py",
+            format!("import os\nHF_TOKEN = \"{secret}\"\n").as_bytes(),
+        )],
+        "oops",
+    );
+    let text = git_ok(&first, &["push", "origin", "main"]);
+    assert!(
+        text.contains("remote: warning: possible credential in config.py:2"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(secret),
+        "the warning repeats the secret: {text}"
+    );
+    assert!(
+        !c.log_text().contains(secret),
+        "the secret is in the coordinator's log"
+    );
+
+    // A file over 10 MiB without LFS is refused, naming the file and the limit; nothing moves.
+    let before = head(&first);
+    let big: Vec<u8> = (0..11 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    commit(&first, &[("weights.bin", &big)], "big");
+    let (ok, text) = git(&first, &["push", "origin", "main"]);
+    assert!(!ok, "a big file was accepted: {text}");
+    assert!(
+        text.contains("weights.bin") && text.contains("10 MiB") && text.contains("git-lfs"),
+        "{text}"
+    );
+    let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
+    assert_eq!(info["sha"], before.as_str());
+    git_ok(&first, &["reset", "-q", "--hard", &before]);
+
+    // A stale push is refused; a forced one rewrites history and says so.
+    let stale = commit(&second, &[("other.txt", b"x")], "stale");
+    let (ok, text) = git(&second, &["push", "origin", "main"]);
+    assert!(!ok && text.contains("rejected"), "{text}");
+    let text = git_ok(&second, &["push", "--force", "origin", "main"]);
+    assert!(text.contains("history rewritten"), "{text}");
+    let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
+    assert_eq!(info["sha"], stale.as_str());
+
+    // Someone without write access is refused; the repo is as it was.
+    let bobs = clone(&c, Some(&bob), "spaces/alice/app", &work.join("bobs"));
+    commit(&bobs, &[("evil.txt", b"x")], "evil");
+    let (ok, text) = git(&bobs, &["push", "origin", "main"]);
+    assert!(!ok && text.contains("403"), "{text}");
+    assert_eq!(
+        head(&clone(&c, None, "spaces/alice/app", &work.join("third"))),
+        stale
+    );
+
+    // A README that does not configure a Space, and an app file that is missing.
+    git_ok(&second, &["pull", "-q", "origin", "main"]);
+    commit(
+        &second,
+        &[("README.md", b"---\nsdk: rails\n---\n")],
+        "bad config",
+    );
+    git_ok(&second, &["push", "-q", "origin", "main"]);
+    let rt = runtime(&c, &alice, "alice/app");
+    assert_eq!(rt["stage"], "CONFIG_ERROR", "{rt}");
+    assert!(
+        rt["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("README.md:2: sdk"),
+        "{rt}"
+    );
+    commit(
+        &second,
+        &[("README.md", b"---\nsdk: gradio\n---\n")],
+        "gradio, no app.py",
+    );
+    git_ok(&second, &["push", "-q", "origin", "main"]);
+    let rt = runtime(&c, &alice, "alice/app");
+    assert_eq!(rt["stage"], "NO_APP_FILE", "{rt}");
+    assert!(
+        rt["errorMessage"].as_str().unwrap().contains("app.py"),
+        "{rt}"
+    );
+}
+
+#[test]
+fn private_repos_are_absent_to_outsiders_and_models_and_datasets_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::bootstrap(dir.path());
+    let admin = c.admin_token();
+    let alice = user(&c, &admin, "alice");
+    let bob = user(&c, &admin, "bob");
+    create(&c, &alice, json!({ "name": "weights", "private": true }));
+    create(&c, &alice, json!({ "name": "data", "type": "dataset" }));
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+
+    for (path, token) in [
+        ("alice/weights", Some(&alice)),
+        ("datasets/alice/data", Some(&alice)),
+    ] {
+        let name = path.replace('/', "-");
+        let repo = clone(&c, token.map(String::as_str), path, &work.join(&name));
+        git_ok(&repo, &["checkout", "-q", "-b", "main"]);
+        let sha = commit(&repo, &[("README.md", b"# weights\n")], "init");
+        git_ok(&repo, &["push", "-q", "origin", "main"]);
+        let again = clone(
+            &c,
+            token.map(String::as_str),
+            path,
+            &work.join(format!("{name}-again")),
+        );
+        assert_eq!(head(&again), sha);
+    }
+    // Anonymous: asked for credentials (and none given); another user: not found.
+    let (ok, text) = git(&work, &["clone", &url(&c, None, "alice/weights"), "anon"]);
+    assert!(
+        !ok && (text.contains("Authentication failed") || text.contains("could not read Username")),
+        "{text}"
+    );
+    let (ok, text) = git(
+        &work,
+        &["clone", &url(&c, Some(&bob), "alice/weights"), "bob"],
+    );
+    assert!(!ok && text.contains("not found"), "{text}");
+    let (ok, text) = git(
+        &work,
+        &["clone", &url(&c, Some("hf_wrong"), "alice/app"), "wrong"],
+    );
+    assert!(!ok && text.contains("Authentication failed"), "{text}");
+}
+
+#[test]
+fn an_acknowledged_push_survives_the_leaders_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c1 = Coordinator::bootstrap(dir.path());
+    let admin = c1.admin_token();
+    let c2 = Coordinator::join(dir.path(), 2, &c1, &admin);
+    let c3 = Coordinator::join(dir.path(), 3, &c1, &admin);
+    let alice = user(&c1, &admin, "alice");
+    create(
+        &c1,
+        &alice,
+        json!({ "name": "app", "type": "space", "sdk": "static" }),
+    );
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let repo = clone(&c1, Some(&alice), "spaces/alice/app", &work.join("repo"));
+    git_ok(&repo, &["checkout", "-q", "-b", "main"]);
+    let files: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("src/f{i}.txt"), format!("file {i}\n").into_bytes()))
+        .collect();
+    let mut refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    refs.push(("README.md", STATIC_README));
+    refs.push(("index.html", b"<h1>hi</h1>"));
+    let sha = commit(&repo, &refs, "many files");
+    git_ok(&repo, &["push", "-q", "origin", "main"]);
+    c1.kill();
+    // A survivor serves the clone (fetching the pack from the other survivor if it lacks it).
+    let waited = Instant::now();
+    let cloned = loop {
+        let into = work.join(format!("after-{}", waited.elapsed().as_millis()));
+        let (ok, text) = git(
+            &work,
+            &[
+                "clone",
+                "-q",
+                &url(&c2, Some(&alice), "spaces/alice/app"),
+                into.to_str().unwrap(),
+            ],
+        );
+        if ok {
+            break into;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "no clone from a survivor: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(head(&cloned), sha);
+    assert_eq!(
+        std::fs::read(cloned.join("src/f199.txt")).unwrap(),
+        b"file 199\n"
+    );
+    let from_third = clone(&c3, Some(&alice), "spaces/alice/app", &work.join("third"));
+    assert_eq!(head(&from_third), sha);
+}
