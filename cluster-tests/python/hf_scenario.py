@@ -7,20 +7,18 @@ must appear in none of them.
 
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
 
 import huggingface_hub
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-from huggingface_hub.utils import _http
+from checks import PASSED, check, on_every_response
 
 ENDPOINT = os.environ["HF_ENDPOINT"].rstrip("/")
 ADMIN = os.environ["SPACEDOCK_ADMIN_TOKEN"]
 SECRET = "s3cret-value-that-must-never-leak"
 BODIES = []
-CHECKS = 0
 
 
 def record(response):
@@ -28,22 +26,7 @@ def record(response):
     BODIES.append(response.text)
 
 
-def factory():
-    client = _http.default_client_factory()
-    client.event_hooks["response"].append(record)
-    return client
-
-
-huggingface_hub.set_client_factory(factory)
-
-
-def check(name, condition, detail=""):
-    global CHECKS
-    if not condition:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    CHECKS += 1
-    print(f"ok   {name}")
+on_every_response(record)
 
 
 def admin_post(path, body):
@@ -198,4 +181,4 @@ raises("read token cannot write", HfHubHTTPError, lambda: HfApi(endpoint=ENDPOIN
 
 leaks = [b for b in BODIES if SECRET in b]
 check(f"secret in none of {len(BODIES)} responses", not leaks, leaks[:1])
-print(f"hf scenario: {CHECKS} checks passed with huggingface_hub {huggingface_hub.__version__}")
+print(f"hf scenario: {PASSED[0]} checks passed with huggingface_hub {huggingface_hub.__version__}")

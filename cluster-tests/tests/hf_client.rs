@@ -1,24 +1,25 @@
-//! The official `huggingface_hub` client against a real 3-coordinator cluster, talking to a follower (whose
-//! writes are forwarded to the leader): the Spaces API scenario.
+//! The official `huggingface_hub` client against a real coordinator: the Spaces API scenario and the repo files
+//! scenario (uploads, commits, downloads, listings on Space, model and dataset repos).
+
+#![allow(clippy::unwrap_used)] // test harness: panics are how tests fail
 
 use spacedock_cluster_tests::{Coordinator, run_python};
 
-#[test]
-fn huggingface_hub_spaces_scenario() {
+/// Runs a scenario script against a fresh coordinator; returns its log after checking the script passed.
+fn scenario(script: &str, env: &[(&str, &str)]) -> (Coordinator, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::bootstrap(dir.path());
     let token = coordinator.admin_token();
-    let r = run_python(
-        "hf_scenario.py",
-        &[
-            ("HF_ENDPOINT", &coordinator.api_url),
-            ("SPACEDOCK_ADMIN_TOKEN", &token),
-        ],
-    );
+    let mut all = vec![
+        ("HF_ENDPOINT", coordinator.api_url.as_str()),
+        ("SPACEDOCK_ADMIN_TOKEN", token.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let r = run_python(script, &all);
     assert_eq!(
         r.code,
         Some(0),
-        "scenario failed:\n{}\n{}",
+        "{script} failed:\n{}\n{}",
         r.stdout,
         r.stderr
     );
@@ -29,11 +30,26 @@ fn huggingface_hub_spaces_scenario() {
     );
     let log = coordinator.log_text();
     assert!(
+        !log.contains(&token),
+        "the admin token reached the coordinator log"
+    );
+    (coordinator, log, dir)
+}
+
+#[test]
+fn huggingface_hub_spaces_scenario() {
+    let (_c, log, _dir) = scenario("hf_scenario.py", &[]);
+    assert!(
         !log.contains("s3cret-value-that-must-never-leak"),
         "the secret reached the coordinator log"
     );
+}
+
+#[test]
+fn huggingface_hub_files_scenario() {
+    let (_c, log, _dir) = scenario("hf_files.py", &[("HF_HUB_DISABLE_XET", "1")]);
     assert!(
-        !log.contains(&token),
-        "the admin token reached the coordinator log"
+        !log.contains("hf_QwErTyUiOpAsDfGhJkLzXcVbNm0123456789"),
+        "the credential reached the coordinator log"
     );
 }

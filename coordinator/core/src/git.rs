@@ -43,6 +43,60 @@ pub fn check_ref_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a file path inside a repo: relative, `/`-separated, no empty, `.` or `..` parts, nothing under `.git/`.
+pub fn check_repo_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("path `{path}` {why}"));
+    if path.is_empty() || path.len() > 4096 {
+        return bad("is empty or longer than 4096 bytes");
+    }
+    if path.starts_with('/') || path.contains('\\') {
+        return bad("must be relative and use `/`");
+    }
+    if path.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return bad("has a control character");
+    }
+    for part in path.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return bad("has an empty, `.` or `..` part");
+        }
+        if part.eq_ignore_ascii_case(".git") {
+            return bad("is inside `.git`");
+        }
+    }
+    Ok(())
+}
+
+/// A git-lfs pointer file's object: `(sha256 hex, size)`.
+pub fn parse_lfs_pointer(bytes: &[u8]) -> Option<(String, u64)> {
+    if bytes.len() > 1024 {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    if !lines
+        .next()?
+        .starts_with("version https://git-lfs.github.com/spec/")
+    {
+        return None;
+    }
+    let (mut oid, mut size) = (None, None);
+    for line in lines {
+        if let Some(o) = line.strip_prefix("oid sha256:") {
+            oid = Some(o.to_owned());
+        } else if let Some(s) = line.strip_prefix("size ") {
+            size = s.parse().ok();
+        }
+    }
+    let oid =
+        oid.filter(|o| o.len() == 64 && o.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))?;
+    Some((oid, size?))
+}
+
+/// The pointer file git-lfs writes for an object.
+pub fn lfs_pointer(oid: &str, size: u64) -> String {
+    format!("version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n")
+}
+
 /// What a new main commit of a Space means, from its README.md (if any) and whether a file exists in it.
 pub fn space_commit(
     readme: Option<&[u8]>,
@@ -244,6 +298,41 @@ mod tests {
         ] {
             assert!(check_ref_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn repo_paths_stay_inside_the_repo() {
+        for good in ["app.py", "src/a b.txt", "models/.cache/x", ".gitattributes"] {
+            assert_eq!(check_repo_path(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/",
+            ".git/config",
+            "x/.GIT/y",
+            "a\\b",
+            "a\nb",
+        ] {
+            assert!(check_repo_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lfs_pointers_round_trip() {
+        let oid = "a".repeat(64);
+        let pointer = lfs_pointer(&oid, 42);
+        assert_eq!(parse_lfs_pointer(pointer.as_bytes()), Some((oid, 42)));
+        assert_eq!(parse_lfs_pointer(b"hello"), None);
+        assert_eq!(
+            parse_lfs_pointer(
+                b"version https://git-lfs.github.com/spec/v1\noid sha256:xyz\nsize 1\n"
+            ),
+            None
+        );
     }
 
     #[test]

@@ -55,25 +55,26 @@ pub fn routes() -> Router<Api> {
     router
 }
 
-/// The repo a git request is about, read from the replicated state.
-struct Target {
-    kind: RepoKind,
-    uid: String,
-    id: String,
-    git: RepoGit,
-    is_space: bool,
-    catalog: Catalog,
+/// The repo a git or file request is about, read from the replicated state.
+pub(super) struct Target {
+    pub kind: RepoKind,
+    pub uid: String,
+    pub id: String,
+    pub git: RepoGit,
+    pub is_space: bool,
+    pub catalog: Catalog,
 }
 
-/// Finds the repo and checks the caller may read it (or write to it). Errors are responses: a 401 carries the
-/// challenge git needs before it sends credentials.
-async fn target(
+/// Finds the repo (`NAME` may end in `.git`) and checks the caller may read it (or write to it). A caller
+/// without a token gets a 401 for a repo it cannot see (so git asks for credentials), one with a token a 404;
+/// both say `RepoNotFound`.
+pub(super) async fn target(
     api: &Api,
     headers: &HeaderMap,
     kind: RepoKind,
     (ns, name): (String, String),
     write: bool,
-) -> Result<Target, Response> {
+) -> Result<Target, ApiError> {
     let name = name.strip_suffix(".git").unwrap_or(&name).to_owned();
     let id = format!("{ns}/{name}");
     api.read(headers, |state, p| {
@@ -81,7 +82,11 @@ async fn target(
             .repo(kind, &id)
             .filter(|r| can_see(state, p, r))
             .ok_or_else(|| match p {
-                None => ApiError::unauthorized(format!("Repository not found: {id}")),
+                None => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "RepoNotFound",
+                    format!("Repository not found: {id}"),
+                ),
                 Some(_) => ApiError::repo_not_found(&id),
             })?;
         if write {
@@ -104,7 +109,6 @@ async fn target(
         })
     })
     .await
-    .map_err(challenge)
 }
 
 /// The error as a response, with `WWW-Authenticate` on a 401 so git asks for credentials.
@@ -173,7 +177,9 @@ async fn info_refs(
             .into_response());
         }
     };
-    let target = target(&api, &headers, kind, path, push).await?;
+    let target = target(&api, &headers, kind, path, push)
+        .await
+        .map_err(challenge)?;
     if push {
         return Ok(git_response(
             "application/x-git-receive-pack-advertisement",
@@ -238,7 +244,9 @@ async fn upload_pack(
     body: Body,
     kind: RepoKind,
 ) -> Result<Response, Response> {
-    let target = target(&api, &headers, kind, path, false).await?;
+    let target = target(&api, &headers, kind, path, false)
+        .await
+        .map_err(challenge)?;
     let request = read_fetch_request(&headers, body)
         .await
         .map_err(IntoResponse::into_response)?;
@@ -318,7 +326,9 @@ async fn receive_pack(
     body: Body,
     kind: RepoKind,
 ) -> Result<Response, Response> {
-    let target = target(&api, &headers, kind, path, true).await?;
+    let target = target(&api, &headers, kind, path, true)
+        .await
+        .map_err(challenge)?;
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     let bad = |m: String| ApiError::bad_request(m).into_response();

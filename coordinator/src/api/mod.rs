@@ -6,6 +6,7 @@
 //! shape JSON. Decisions live in `spacedock-coordinator-core`.
 
 mod cluster;
+mod files;
 mod git_http;
 mod images;
 mod ingress;
@@ -88,6 +89,7 @@ pub fn router(api: Api) -> Router {
         .merge(logs::routes())
         .merge(usage::routes())
         .merge(git_http::routes())
+        .merge(files::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

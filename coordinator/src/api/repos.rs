@@ -24,13 +24,13 @@ pub fn routes() -> Router<Api> {
         router = router
             .route(
                 &base,
-                get(move |api, headers, path| info(api, headers, path, kind)),
+                get(move |api, headers, path| info(api, headers, path, kind, None)),
             )
             .route(
                 &format!("{base}/revision/{{revision}}"),
                 get(
-                    move |api, headers, Path((ns, name, _rev)): Path<(String, String, String)>| {
-                        info(api, headers, Path((ns, name)), kind)
+                    move |api, headers, Path((ns, name, rev)): Path<(String, String, String)>| {
+                        info(api, headers, Path((ns, name)), kind, Some(rev))
                     },
                 ),
             )
@@ -277,6 +277,7 @@ async fn info(
     headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
     kind: RepoKind,
+    revision: Option<String>,
 ) -> Result<JsonResponse<Value>, ApiError> {
     let id = format!("{ns}/{name}");
     let info = api
@@ -288,6 +289,8 @@ async fn info(
             Ok(shapes::repo_info(&api, repo))
         })
         .await?;
+    let info =
+        super::files::info_at(&api, &headers, kind, (ns, name), revision.as_deref(), info).await?;
     Ok(JsonResponse(info))
 }
 

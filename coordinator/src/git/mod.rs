@@ -3,6 +3,8 @@
 //! it brings up to the state before serving: packs it lacks are fetched and indexed, refs are written as
 //! `packed-refs`. git's own plumbing (`upload-pack`, `index-pack`, `rev-list`, `cat-file`) does the object work.
 
+pub mod commit;
+pub mod files;
 pub mod pktline;
 pub mod receive;
 

@@ -43,29 +43,50 @@ pub struct Checked {
     pub warnings: Vec<String>,
 }
 
-/// Where a push's objects wait while it is checked: a scratch object directory whose alternate is the mirror's.
+/// Where new objects wait while they are checked: a scratch object directory whose alternate is the mirror's.
+/// A push's quarantine sees the mirror's refs; a commit's is a scratch repo of its own (no refs).
 #[derive(Debug)]
 pub struct Quarantine {
     dir: tempfile::TempDir,
     mirror: PathBuf,
+    scratch: bool,
 }
 
 impl Quarantine {
+    /// For a push: git on the mirror, with new objects going to the quarantine.
     pub fn new(mirrors: &Mirrors, mirror: &Path) -> anyhow::Result<Quarantine> {
         let dir = mirrors.temp_dir()?;
         std::fs::create_dir_all(dir.path().join("objects/pack"))?;
         Ok(Quarantine {
             dir,
             mirror: mirror.to_owned(),
+            scratch: false,
         })
+    }
+
+    /// For a commit: a scratch repo that reads the mirror's objects.
+    pub fn scratch(mirrors: &Mirrors, mirror: &Path) -> anyhow::Result<Quarantine> {
+        let q = Quarantine::new(mirrors, mirror)?;
+        let info = q.objects().join("info");
+        std::fs::create_dir_all(&info)?;
+        std::fs::create_dir_all(q.dir.path().join("refs"))?;
+        std::fs::write(q.dir.path().join("HEAD"), "ref: refs/heads/main\n")?;
+        std::fs::write(
+            info.join("alternates"),
+            format!("{}\n", mirror.join("objects").display()),
+        )?;
+        Ok(Quarantine { scratch: true, ..q })
     }
 
     fn objects(&self) -> PathBuf {
         self.dir.path().join("objects")
     }
 
-    /// git on the mirror, seeing the quarantined objects too.
+    /// git seeing the mirror's objects and the quarantined ones.
     pub fn git(&self) -> tokio::process::Command {
+        if self.scratch {
+            return git(self.dir.path());
+        }
         let mut command = git(&self.mirror);
         command.env("GIT_OBJECT_DIRECTORY", self.objects()).env(
             "GIT_ALTERNATE_OBJECT_DIRECTORIES",
@@ -310,7 +331,7 @@ async fn inspect(quarantine: &Quarantine, tips: &[&str]) -> Result<Vec<String>, 
 }
 
 /// What the new main commit of a Space means: its README.md and whether its app file is there.
-async fn read_space(
+pub async fn read_space(
     quarantine: &Quarantine,
     main: &str,
     catalog: &Catalog,
@@ -340,7 +361,10 @@ async fn read_space(
 }
 
 /// Stores the quarantined pack (if it holds objects) in the blob store and on a quorum of coordinators.
-async fn store_pack(mirrors: &Mirrors, quarantine: &Quarantine) -> Result<Option<String>, Refusal> {
+pub async fn store_pack(
+    mirrors: &Mirrors,
+    quarantine: &Quarantine,
+) -> Result<Option<String>, Refusal> {
     let mut stored = None;
     for pack in quarantine.packs().map_err(internal)? {
         if pack_is_empty(&pack).map_err(internal)? {

@@ -1,0 +1,166 @@
+"""The official huggingface_hub client on repo files: uploads, commits with deletions, downloads, listings and
+revisions on Space, model and dataset repos, plus refusals (stale parent, unknown revision or file, bad paths,
+malformed commit bodies) that must leave the repo as it was.
+
+Environment: HF_ENDPOINT, SPACEDOCK_ADMIN_TOKEN, HF_HUB_DISABLE_XET=1 (this server speaks LFS, not Xet).
+Prints one line per check and exits non-zero at the first failure.
+"""
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import huggingface_hub
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
+from checks import PASSED, check, on_every_response
+
+ENDPOINT = os.environ["HF_ENDPOINT"].rstrip("/")
+TOKEN = os.environ["SPACEDOCK_ADMIN_TOKEN"]
+SECRET = "hf_QwErTyUiOpAsDfGhJkLzXcVbNm0123456789"
+WARNINGS = []
+
+
+def record(response):
+    warning = response.headers.get("x-hf-warning")
+    if warning:
+        WARNINGS.append(warning)
+
+
+on_every_response(record)
+
+
+def raw(method, path, body, content_type):
+    request = urllib.request.Request(
+        ENDPOINT + path,
+        data=body,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def raises(kind, f):
+    try:
+        f()
+    except kind as e:
+        return e
+    return None
+
+
+api = HfApi(endpoint=ENDPOINT, token=TOKEN)
+work = Path(tempfile.mkdtemp())
+folder = work / "folder"
+for name, text in {
+    "index.html": "<h1>hello</h1>",
+    "src/a.txt": "a",
+    "src/b.txt": "b",
+    "nested/deep/c.txt": "c",
+}.items():
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+
+for repo_type in ["space", "model", "dataset"]:
+    repo_id = f"admin/files-{repo_type}"
+    extra = {"space_sdk": "static"} if repo_type == "space" else {}
+    api.create_repo(repo_id, repo_type=repo_type, **extra)
+    t = repo_type
+    readme = b"---\ntitle: Files\nsdk: static\n---\n# Files\n" if t == "space" else b"# Files\n"
+    first = api.upload_file(path_or_fileobj=readme, path_in_repo="README.md", repo_id=repo_id, repo_type=t)
+    check(f"{t}: upload_file gives a commit", len(first.oid) == 40, first)
+    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=t)
+    expected = {"README.md", "index.html", "src/a.txt", "src/b.txt", "nested/deep/c.txt"}
+    files = set(api.list_repo_files(repo_id, repo_type=t))
+    check(f"{t}: list_repo_files after upload_folder", files == expected, files)
+
+    head = api.repo_info(repo_id, repo_type=t).sha
+    info = api.create_commit(
+        repo_id,
+        repo_type=t,
+        operations=[
+            CommitOperationDelete(path_in_repo="src/b.txt"),
+            CommitOperationDelete(path_in_repo="nested/", is_folder=True),
+            CommitOperationAdd(path_in_repo="new.txt", path_or_fileobj=b"new"),
+        ],
+        commit_message="delete and add",
+        parent_commit=head,
+    )
+    sha = api.repo_info(repo_id, repo_type=t).sha
+    check(f"{t}: repo_info sha is the new commit", sha == info.oid, (sha, info.oid))
+    files = set(api.list_repo_files(repo_id, repo_type=t))
+    check(f"{t}: deletions and additions", files == {"README.md", "index.html", "src/a.txt", "new.txt"}, files)
+    tree = {e.path: type(e).__name__ for e in api.list_repo_tree(repo_id, repo_type=t)}
+    check(f"{t}: top-level tree", tree.get("src") == "RepoFolder" and tree.get("new.txt") == "RepoFile", tree)
+    check(f"{t}: file_exists", api.file_exists(repo_id, "src/a.txt", repo_type=t))
+    check(f"{t}: file_exists on a missing file", not api.file_exists(repo_id, "src/b.txt", repo_type=t))
+
+    path = hf_hub_download(repo_id, "src/a.txt", repo_type=t, cache_dir=work / f"cache-{t}")
+    check(f"{t}: hf_hub_download", Path(path).read_text() == "a")
+    old = hf_hub_download(repo_id, "src/b.txt", repo_type=t, revision=head, cache_dir=work / f"cache-{t}")
+    check(f"{t}: hf_hub_download at an older revision", Path(old).read_text() == "b")
+    local = snapshot_download(repo_id, repo_type=t, local_dir=work / f"snap-{t}")
+    got = {str(p.relative_to(local)) for p in Path(local).rglob("*") if p.is_file() and ".cache" not in p.parts}
+    check(f"{t}: snapshot_download", got == files, got)
+
+    stale = raises(
+        HfHubHTTPError,
+        lambda: api.create_commit(
+            repo_id,
+            repo_type=t,
+            operations=[CommitOperationAdd(path_in_repo="x.txt", path_or_fileobj=b"x")],
+            commit_message="stale",
+            parent_commit=head,
+        ),
+    )
+    check(f"{t}: a stale parentCommit conflicts", stale is not None and stale.response.status_code == 409, stale)
+    missing = raises(EntryNotFoundError, lambda: hf_hub_download(repo_id, "nope.txt", repo_type=t, cache_dir=work / "c2"))
+    check(f"{t}: a missing file is EntryNotFound", missing is not None)
+    unknown = raises(RevisionNotFoundError, lambda: api.list_repo_files(repo_id, repo_type=t, revision="no-such-branch"))
+    check(f"{t}: an unknown revision is RevisionNotFound", unknown is not None)
+    gone = raises(
+        HfHubHTTPError,
+        lambda: api.delete_file("not-there.txt", repo_id, repo_type=t),
+    )
+    check(f"{t}: deleting a missing file fails", gone is not None and gone.response.status_code == 404, gone)
+    refs = api.list_repo_refs(repo_id, repo_type=t)
+    check(f"{t}: refs", [b.name for b in refs.branches] == ["main"] and refs.branches[0].target_commit == sha, refs)
+    commits = api.list_repo_commits(repo_id, repo_type=t)
+    check(f"{t}: history", [c.commit_id for c in commits][0] == sha and len(commits) == 3, commits)
+    check(f"{t}: the repo is as it was after the refusals", api.repo_info(repo_id, repo_type=t).sha == sha)
+
+# A Space's commit asks for a build; a commit that breaks its config says why.
+runtime = api.get_space_runtime("admin/files-space")
+check("space: a commit sets BUILDING", runtime.stage == "BUILDING", runtime)
+api.upload_file(path_or_fileobj=b"---\nsdk: gradio\n---\n", path_in_repo="README.md", repo_id="admin/files-space", repo_type="space")
+runtime = api.get_space_runtime("admin/files-space")
+check("space: a gradio README without app.py is NO_APP_FILE", runtime.stage == "NO_APP_FILE" and "app.py" in (runtime.raw.get("errorMessage") or ""), runtime.raw)
+
+# A likely credential is warned about through X-HF-Warning, without the value.
+WARNINGS.clear()
+api.upload_file(path_or_fileobj=f"TOKEN = '{SECRET}'\n".encode(), path_in_repo="conf.py", repo_id="admin/files-model")
+check("a credential is warned about", any("conf.py:1" in w for w in WARNINGS), WARNINGS)
+check("the warning does not repeat it", not any(SECRET in w for w in WARNINGS), WARNINGS)
+
+# Bad input: each refused with a message naming what is wrong, the repo unchanged.
+before = api.repo_info("admin/files-model").sha
+ndjson = "application/x-ndjson"
+header = json.dumps({"key": "header", "value": {"summary": "bad"}})
+for name, body, needle in [
+    ("malformed NDJSON", header + "\n{not json\n", "line 2"),
+    ("a path escaping the repo", header + "\n" + json.dumps({"key": "file", "value": {"path": "../x", "content": "eA==", "encoding": "base64"}}) + "\n", "../x"),
+    ("an absolute path", header + "\n" + json.dumps({"key": "file", "value": {"path": "/etc/x", "content": "eA==", "encoding": "base64"}}) + "\n", "/etc/x"),
+    ("a path inside .git", header + "\n" + json.dumps({"key": "file", "value": {"path": ".git/config", "content": "eA==", "encoding": "base64"}}) + "\n", ".git"),
+    ("an LFS file never uploaded", header + "\n" + json.dumps({"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": "ab" * 32, "size": 3}}) + "\n", "not uploaded"),
+]:
+    status, text = raw("POST", "/api/models/admin/files-model/commit/main", body.encode(), ndjson)
+    check(f"refused: {name}", status == 400 and needle in text, (status, text))
+check("the repo is unchanged after bad input", api.repo_info("admin/files-model").sha == before)
+
+print(f"{PASSED[0]} checks passed with huggingface_hub {huggingface_hub.__version__}")
