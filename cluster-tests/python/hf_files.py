@@ -148,6 +148,33 @@ api.upload_file(path_or_fileobj=f"TOKEN = '{SECRET}'\n".encode(), path_in_repo="
 check("a credential is warned about", any("conf.py:1" in w for w in WARNINGS), WARNINGS)
 check("the warning does not repeat it", not any(SECRET in w for w in WARNINGS), WARNINGS)
 
+# A file over 10 MiB goes through LFS: preupload says so, the batch API hands out signed URLs, the commit names
+# the object; downloads get the bytes back and listings show the LFS object.
+big = os.urandom(12 * 1024 * 1024)
+import hashlib
+
+oid = hashlib.sha256(big).hexdigest()
+api.upload_file(path_or_fileobj=big, path_in_repo="weights.bin", repo_id="admin/files-model")
+path = hf_hub_download("admin/files-model", "weights.bin", cache_dir=work / "cache-lfs")
+check("LFS: hf_hub_download gives the bytes back", Path(path).read_bytes() == big)
+entry = [e for e in api.list_repo_tree("admin/files-model") if e.path == "weights.bin"][0]
+check("LFS: the tree shows the LFS object", entry.lfs is not None and entry.lfs.sha256 == oid and entry.size == len(big), entry)
+info = api.get_paths_info("admin/files-model", ["weights.bin"])[0]
+check("LFS: paths-info shows it too", info.lfs is not None and info.lfs.sha256 == oid, info)
+files = api.model_info("admin/files-model", files_metadata=True).siblings
+sib = [f for f in files if f.rfilename == "weights.bin"][0]
+check("LFS: siblings carry it", sib.lfs is not None and sib.lfs.sha256 == oid, sib)
+api.upload_file(path_or_fileobj=big, path_in_repo="copy.bin", repo_id="admin/files-model")
+check("LFS: the same object again needs no upload", "copy.bin" in api.list_repo_files("admin/files-model"))
+status, text = raw(
+    "POST",
+    "/api/datasets/admin/files-dataset/commit/main",
+    (json.dumps({"key": "header", "value": {"summary": "borrow"}}) + "\n"
+     + json.dumps({"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid, "size": len(big)}}) + "\n").encode(),
+    "application/x-ndjson",
+)
+check("LFS: another repo's object cannot be committed by its id alone", status == 400 and "not uploaded" in text, (status, text))
+
 # Bad input: each refused with a message naming what is wrong, the repo unchanged.
 before = api.repo_info("admin/files-model").sha
 ndjson = "application/x-ndjson"

@@ -38,12 +38,17 @@ fn create(c: &Coordinator, token: &str, body: Value) {
 
 /// A git command in `cwd` with no user or system config; returns (success, stdout + stderr).
 fn git(cwd: &Path, args: &[&str]) -> (bool, String) {
+    git_with(cwd, args, "/dev/null")
+}
+
+/// `git` with `global` as the user config (git-lfs's filters live there).
+fn git_with(cwd: &Path, args: &[&str], global: &str) -> (bool, String) {
     let out = Command::new("git")
         .current_dir(cwd)
         .args(args)
         .env("HOME", cwd)
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_GLOBAL", global)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_AUTHOR_NAME", "Test")
         .env("GIT_AUTHOR_EMAIL", "test@example.com")
@@ -387,4 +392,117 @@ fn an_acknowledged_push_survives_the_leaders_kill() {
     );
     let from_third = clone(&c3, Some(&alice), "spaces/alice/app", &work.join("third"));
     assert_eq!(head(&from_third), sha);
+}
+
+#[test]
+fn git_lfs_pushes_and_fetches_large_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::bootstrap(dir.path());
+    let admin = c.admin_token();
+    let alice = user(&c, &admin, "alice");
+    create(&c, &alice, json!({ "name": "weights" }));
+    create(&c, &alice, json!({ "name": "other" }));
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    // git-lfs's filters, as `git lfs install` writes them, in a user config of the test's own.
+    let global = dir.path().join("gitconfig");
+    std::fs::write(
+        &global,
+        "[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n\tsmudge = git-lfs smudge -- %f\n\
+         \tprocess = git-lfs filter-process\n\trequired = true\n[lfs]\n\tlocksverify = false\n",
+    )
+    .unwrap();
+    let global = global.to_str().unwrap();
+    let lfs_ok = |cwd: &Path, args: &[&str]| {
+        let (ok, text) = git_with(cwd, args, global);
+        assert!(ok, "git {args:?} failed:\n{text}");
+        text
+    };
+    let repo = work.join("repo");
+    lfs_ok(
+        &work,
+        &[
+            "clone",
+            "-q",
+            &url(&c, Some(&alice), "alice/weights"),
+            repo.to_str().unwrap(),
+        ],
+    );
+    lfs_ok(&repo, &["checkout", "-q", "-b", "main"]);
+    lfs_ok(&repo, &["lfs", "track", "*.bin"]);
+    let big: Vec<u8> = (0..12 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
+        .collect();
+    std::fs::write(repo.join("model.bin"), &big).unwrap();
+    lfs_ok(&repo, &["add", "-A"]);
+    lfs_ok(&repo, &["commit", "-q", "-m", "weights"]);
+    lfs_ok(&repo, &["push", "-q", "origin", "main"]);
+
+    // A fresh clone gets the bytes back through the batch API.
+    let copy = work.join("copy");
+    lfs_ok(
+        &work,
+        &[
+            "clone",
+            "-q",
+            &url(&c, Some(&alice), "alice/weights"),
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::read(copy.join("model.bin")).unwrap() == big,
+        "the LFS file came back different"
+    );
+    // The Hub's resolve answers with the LFS object's sha256 and size.
+    let oid = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
+    let response = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .head(&format!(
+            "{}/alice/weights/resolve/main/model.bin",
+            c.api_url
+        ))
+        .header("Authorization", &format!("Bearer {alice}"))
+        .call()
+        .unwrap();
+    let h = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(h("x-linked-etag"), format!("\"{oid}\""));
+    assert_eq!(h("x-linked-size"), big.len().to_string());
+
+    // A pointer to an object never uploaded to this repo (here: one uploaded to another) is refused.
+    let other = work.join("other");
+    lfs_ok(
+        &work,
+        &[
+            "clone",
+            "-q",
+            &url(&c, Some(&alice), "alice/other"),
+            other.to_str().unwrap(),
+        ],
+    );
+    lfs_ok(&other, &["checkout", "-q", "-b", "main"]);
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {}\n",
+        big.len()
+    );
+    std::fs::write(other.join("stolen.bin"), pointer).unwrap();
+    let (ok, text) = git(&other, &["add", "-A"]);
+    assert!(ok, "{text}");
+    git_ok(&other, &["commit", "-q", "-m", "pointer only"]);
+    let (ok, text) = git(&other, &["push", "origin", "main"]);
+    assert!(
+        !ok && text.contains("LFS objects not uploaded") && text.contains("stolen.bin"),
+        "{text}"
+    );
 }

@@ -207,6 +207,7 @@ pub async fn run(
         clock: Arc::new(api::system_clock),
         peers: Some(peers),
         ca_fingerprint: authority.ca_fingerprint.clone(),
+        url_key: blake3::derive_key("spacedock signed urls v1", authority.ca.key_pem.as_bytes()),
         mirrors: crate::git::Mirrors::new(&dir.root.join("git"), blobs.clone())?,
         blobs,
         links,

@@ -681,6 +681,20 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             crate::git::update_refs(repo, updates, pack, rewrites, space.as_ref(), &by, at);
             Ok(())
         }
+        Command::AddLfsObjects { kind, id, objects } => {
+            system_only(&principal_hash)?;
+            for (oid, _) in objects {
+                if oid.len() != 64 || !oid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(ApplyError::invalid(
+                        "oid",
+                        format!("`{oid}` is not a sha256"),
+                    ));
+                }
+            }
+            let repo = repo_mut(state, *kind, id)?;
+            repo.git.lfs.extend(objects.iter().cloned());
+            Ok(())
+        }
         Command::ReportAllocation {
             id,
             node,

@@ -272,6 +272,14 @@ pub enum Command {
         /// For a Space whose main branch gets a new commit: what that commit means.
         space: Option<SpaceCommit>,
     },
+    /// LFS objects whose bytes a coordinator received for this repo (through a signed upload URL) and stored
+    /// on a quorum. Proposed by the cluster.
+    AddLfsObjects {
+        kind: RepoKind,
+        id: String,
+        /// sha256 hex and size.
+        objects: Vec<(String, u64)>,
+    },
 }
 
 /// One ref's move; `None` is absent (creation or deletion).
@@ -354,6 +362,7 @@ impl Command {
             Command::Wake { .. } => "Wake",
             Command::ReportAllocation { .. } => "ReportAllocation",
             Command::UpdateRefs { .. } => "UpdateRefs",
+            Command::AddLfsObjects { .. } => "AddLfsObjects",
         }
     }
 }

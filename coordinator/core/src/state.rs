@@ -399,6 +399,9 @@ pub struct RepoGit {
     pub packs: Vec<String>,
     /// Ref updates that were not fast-forwards, newest last (the last `MAX_REWRITES`).
     pub rewrites: Vec<Rewrite>,
+    /// LFS objects uploaded to this repo (sha256 hex to size): only these may be committed or downloaded
+    /// through it, so knowing an object's id is not enough to reach another repo's object.
+    pub lfs: BTreeMap<String, u64>,
 }
 
 /// How many history rewrites a repo remembers.

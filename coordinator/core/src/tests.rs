@@ -1581,6 +1581,25 @@ mod refs {
     }
 
     #[test]
+    fn lfs_objects_are_recorded_by_the_cluster_only() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", false).unwrap();
+        let add = |oid: String| Command::AddLfsObjects {
+            kind: RepoKind::Space,
+            id: "alice/app".into(),
+            objects: vec![(oid, 5)],
+        };
+        assert_eq!(
+            c.refused(Some(ALICE), add("a".repeat(64))).code(),
+            "Forbidden"
+        );
+        assert_eq!(c.refused(None, add("A".repeat(64))).code(), "BadRequest");
+        c.system(add("a".repeat(64))).unwrap();
+        let repo = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        assert_eq!(repo.git.lfs.get(&"a".repeat(64)), Some(&5));
+    }
+
+    #[test]
     fn a_duplicate_shares_the_sources_commits_and_builds() {
         let mut c = Cluster::new();
         c.create_space(ALICE, "alice/app", false).unwrap();

@@ -245,7 +245,7 @@ async fn resolve(
 }
 
 /// An LFS object's bytes `[start, end)` from the blob store (fetched from a peer first if need be).
-async fn lfs_body(api: &Api, oid: &str, start: u64, end: u64) -> Result<Body, ApiError> {
+pub(super) async fn lfs_body(api: &Api, oid: &str, start: u64, end: u64) -> Result<Body, ApiError> {
     let digest = format!("sha256:{oid}");
     api.blobs.ensure(&digest).await.map_err(|e| {
         ApiError::new(
@@ -703,17 +703,14 @@ async fn commit(
             ),
         ));
     }
-    // LFS objects must be stored, with the size the commit says (copies omit the size).
+    // LFS objects must have been uploaded to this repo, with the size the commit says (copies omit it).
     for (oid, size) in &lfs {
-        let stored = api
-            .blobs
-            .ensure(&format!("sha256:{oid}"))
-            .await
-            .map_err(|_| {
-                ApiError::bad_request(format!(
-                    "LFS object {oid} was not uploaded; upload it before committing"
-                ))
-            })?;
+        let stored = *target.git.lfs.get(oid).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "LFS object {oid} was not uploaded to {}; upload it before committing",
+                target.id
+            ))
+        })?;
         if size.is_some_and(|s| s != stored) {
             return Err(ApiError::bad_request(format!(
                 "LFS object {oid} is {stored} bytes, the commit says {}",

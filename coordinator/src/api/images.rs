@@ -109,33 +109,63 @@ async fn upload_blob(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_blob_request(&api, &headers, &digest).await?;
-    let size = match api.blobs.store.len(&digest) {
-        Some(size) => size,
-        None => {
-            let mut blob = api.blobs.store.writer(&digest).map_err(internal)?;
-            let mut stream = body.into_data_stream();
+    let (size, copies) = receive_blob(&api, &digest, body, false).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "digest": digest, "size": size, "copies": copies })),
+    )
+        .into_response())
+}
+
+/// Stores an uploaded blob and replicates it to a quorum; returns its size and how many coordinators hold it.
+/// A blob the store already has is not written again; with `prove` its upload must still hash to the digest
+/// (the uploader shows it has the bytes, not only their digest).
+pub(super) async fn receive_blob(
+    api: &Api,
+    digest: &str,
+    body: Body,
+    prove: bool,
+) -> Result<(u64, usize), ApiError> {
+    let broke =
+        |e: axum::Error| ApiError::bad_request(format!("the upload of {digest} broke off: {e}"));
+    let mut stream = body.into_data_stream();
+    let size = match api.blobs.store.len(digest) {
+        Some(size) if !prove => size,
+        Some(size) => {
+            use sha2::Digest as _;
+            let mut sha = sha2::Sha256::new();
+            let mut got = 0u64;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request(format!("the upload of {digest} broke off: {e}"))
-                })?;
-                blob.write(&chunk).map_err(|e| internal(e.into()))?;
+                let chunk = chunk.map_err(broke)?;
+                got += chunk.len() as u64;
+                sha.update(&chunk);
+            }
+            let hashed = format!("sha256:{}", hex::encode(sha.finalize()));
+            if hashed != digest || got != size {
+                return Err(ApiError::bad_request(format!(
+                    "the bytes do not match their digest: expected {digest}, got {hashed} ({got} bytes)"
+                )));
+            }
+            size
+        }
+        None => {
+            let mut blob = api.blobs.store.writer(digest).map_err(internal)?;
+            while let Some(chunk) = stream.next().await {
+                blob.write(&chunk.map_err(broke)?)
+                    .map_err(|e| internal(e.into()))?;
             }
             blob.finish()
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?
         }
     };
-    let copies = api.blobs.replicate(&digest).await.map_err(|e| {
+    let copies = api.blobs.replicate(digest).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Unavailable",
             format!("{e:#}"),
         )
     })?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({ "digest": digest, "size": size, "copies": copies })),
-    )
-        .into_response())
+    Ok((size, copies))
 }
 
 fn internal(e: anyhow::Error) -> ApiError {

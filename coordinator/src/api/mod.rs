@@ -11,6 +11,7 @@ mod git_http;
 mod images;
 mod ingress;
 mod json;
+mod lfs;
 mod logs;
 mod repos;
 mod spaces;
@@ -52,6 +53,9 @@ pub struct Api {
     pub ca_fingerprint: String,
     /// The cluster's blob store (image layers and configs).
     pub blobs: Arc<crate::blobs::Blobs>,
+    /// Signs self-authenticating URLs (LFS transfers); derived from the cluster CA key, so every coordinator
+    /// accepts every other's.
+    pub url_key: [u8; 32],
     /// This coordinator's git mirrors of the repos.
     pub mirrors: Arc<crate::git::Mirrors>,
     /// The agents connected to this coordinator (for the ingress and run logs).
@@ -90,6 +94,7 @@ pub fn router(api: Api) -> Router {
         .merge(usage::routes())
         .merge(git_http::routes())
         .merge(files::routes())
+        .merge(lfs::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
@@ -121,6 +126,10 @@ impl ApiError {
 
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {

@@ -3,19 +3,20 @@
 //! credentials, fast-forwards are told from rewrites, and a Space's new main commit is read for its config. Only
 //! then is the pack stored in the blob store (on a quorum) for the caller to commit the ref update through Raft.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::Context as _;
 use axum::body::Bytes;
 use spacedock_coordinator_core::command::{RefUpdate, SpaceCommit};
-use spacedock_coordinator_core::git::{MAIN, check_ref_name, space_commit};
+use spacedock_coordinator_core::git::{MAIN, check_ref_name, parse_lfs_pointer, space_commit};
 use spacedock_shared::flavor::Catalog;
 use spacedock_shared::secret_scan;
 use tokio::io::AsyncWriteExt as _;
 use tokio_stream::{Stream, StreamExt as _};
 
+use super::files::batch_records;
 use super::pktline::PushCommand;
 use super::{Mirrors, git, run, run_status};
 
@@ -30,6 +31,9 @@ pub enum Refusal {
     /// The pack is fine but the push breaks a rule; the message goes to the pusher.
     Rule(String),
 }
+
+/// Credentials found (rendered) and LFS pointers (path, sha256, size) among a push's new files.
+type Inspected = (Vec<String>, Vec<(String, String, u64)>);
 
 /// A push that passed every check, ready to commit.
 #[derive(Debug)]
@@ -159,6 +163,8 @@ pub struct Context<'a> {
     pub mirror: &'a Path,
     pub is_space: bool,
     pub catalog: &'a Catalog,
+    /// The LFS objects uploaded to the repo: pointers to any other are refused.
+    pub lfs: &'a BTreeMap<String, u64>,
 }
 
 /// Checks a push whose pack starts with `head` and goes on in `rest`, and stores its pack on a quorum.
@@ -196,11 +202,22 @@ pub async fn check<E: std::fmt::Display>(
             }
         }
     }
-    let warnings = if tips.is_empty() {
-        Vec::new()
+    let (warnings, lfs) = if tips.is_empty() {
+        Default::default()
     } else {
         inspect(&quarantine, &tips).await?
     };
+    let missing: Vec<String> = lfs
+        .iter()
+        .filter(|(_, oid, size)| cx.lfs.get(oid) != Some(size))
+        .map(|(path, oid, _)| format!("{path} ({oid})"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Refusal::Rule(format!(
+            "LFS objects not uploaded to this repo: {}; push them with `git lfs push --all origin`",
+            missing.join(", ")
+        )));
+    }
     let mut rewrites = Vec::new();
     for c in commands {
         if let (Some(old), Some(new)) = (&c.old, &c.new) {
@@ -246,8 +263,9 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::Unpack(format!("internal error: {e}"))
 }
 
-/// Lists the objects the push adds (all must be present), holds blobs to the size limit and scans the small ones.
-async fn inspect(quarantine: &Quarantine, tips: &[&str]) -> Result<Vec<String>, Refusal> {
+/// Lists the objects the push adds (all must be present), holds blobs to the size limit and scans the small ones
+/// for credentials and LFS pointers.
+async fn inspect(quarantine: &Quarantine, tips: &[&str]) -> Result<Inspected, Refusal> {
     let listed = run(
         quarantine
             .git()
@@ -309,25 +327,15 @@ async fn inspect(quarantine: &Quarantine, tips: &[&str]) -> Result<Vec<String>, 
     .await
     .map_err(internal)?;
     let mut warnings = Vec::new();
-    let mut at = 0;
-    while at < contents.len() {
-        let Some(end) = contents[at..].iter().position(|b| *b == b'\n') else {
-            break;
-        };
-        let header = String::from_utf8_lossy(&contents[at..at + end]).into_owned();
-        let mut parts = header.split(' ');
-        let (Some(id), Some(_), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
-            break;
-        };
-        let size: usize = size.parse().unwrap_or(0);
-        let body = contents
-            .get(at + end + 1..at + end + 1 + size)
-            .unwrap_or_default();
+    let mut lfs = Vec::new();
+    for (id, body) in batch_records(&contents) {
         let path = paths.get(id).copied().unwrap_or(id);
-        warnings.extend(secret_scan::scan(path, body).iter().map(|f| f.render()));
-        at += end + 1 + size + 1;
+        match parse_lfs_pointer(body) {
+            Some((oid, size)) => lfs.push((path.to_owned(), oid, size)),
+            None => warnings.extend(secret_scan::scan(path, body).iter().map(|f| f.render())),
+        }
     }
-    Ok(warnings)
+    Ok((warnings, lfs))
 }
 
 /// What the new main commit of a Space means: its README.md and whether its app file is there.
