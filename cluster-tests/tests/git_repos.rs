@@ -506,3 +506,158 @@ fn git_lfs_pushes_and_fetches_large_files() {
         "{text}"
     );
 }
+
+/// A push request as git sends it: one command and a pack.
+fn push_body(old: &str, new: &str, pack: &[u8]) -> Vec<u8> {
+    let line = format!("{old} {new} refs/heads/main\0report-status side-band-64k\n");
+    let mut body = format!("{:04x}{line}0000", line.len() + 4).into_bytes();
+    body.extend_from_slice(pack);
+    body
+}
+
+fn post_push(c: &Coordinator, token: &str, body: Vec<u8>) -> String {
+    let (status, text) = post_push_status(c, token, body);
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+fn post_push_status(c: &Coordinator, token: &str, body: Vec<u8>) -> (u16, String) {
+    let mut response = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .post(&format!("{}/alice/model/git-receive-pack", c.api_url))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/x-git-receive-pack-request")
+        .send(&body[..])
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = String::from_utf8_lossy(&response.body_mut().read_to_vec().unwrap()).into_owned();
+    (status, text)
+}
+
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    files_under(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn corrupt_and_malformed_pushes_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::bootstrap(dir.path());
+    let admin = c.admin_token();
+    let alice = user(&c, &admin, "alice");
+    create(&c, &alice, json!({ "name": "model" }));
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let repo = clone(&c, Some(&alice), "alice/model", &work.join("repo"));
+    git_ok(&repo, &["checkout", "-q", "-b", "main"]);
+    let first = commit(&repo, &[("README.md", b"# model\n")], "one");
+    git_ok(&repo, &["push", "-q", "origin", "main"]);
+    let blobs = c.data_dir.join("blobs/sha256");
+    let stored = files_under(&blobs);
+    let zero = "0".repeat(40);
+
+    // A second commit's pack, made by git, then damaged in the middle: index-pack refuses it.
+    let second = commit(
+        &repo,
+        &[("data.txt", "payload ".repeat(5000).as_bytes())],
+        "two",
+    );
+    let out = Command::new("git")
+        .current_dir(&repo)
+        .args(["pack-objects", "--stdout", "--revs"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    out.stdin
+        .as_ref()
+        .unwrap()
+        .write_all(format!("{second}\n^{first}\n").as_bytes())
+        .unwrap();
+    let pack = out.wait_with_output().unwrap().stdout;
+    assert!(pack.starts_with(b"PACK"));
+    let mut corrupt = pack.clone();
+    let middle = corrupt.len() / 2;
+    for b in &mut corrupt[middle..middle + 16] {
+        *b ^= 0xff;
+    }
+    let report = post_push(&c, &alice, push_body(&first, &second, &corrupt));
+    assert!(
+        report.contains("unpack index-pack failed") && report.contains("ng refs/heads/main"),
+        "{report}"
+    );
+    // Truncated, and a command whose commit is not in the pack.
+    let report = post_push(
+        &c,
+        &alice,
+        push_body(&first, &second, &pack[..pack.len() / 3]),
+    );
+    assert!(report.contains("ng refs/heads/main"), "{report}");
+    let report = post_push(&c, &alice, push_body(&first, &"b".repeat(40), &pack));
+    assert!(report.contains("ng refs/heads/main"), "{report}");
+    // A stale old value (another push came first) and a malformed command list.
+    let report = post_push(&c, &alice, push_body(&zero, &second, &pack));
+    assert!(
+        report.contains("ng refs/heads/main") && report.contains("moved"),
+        "{report}"
+    );
+    let (status, report) = post_push_status(&c, &alice, b"001cnot a command at all\n0000".to_vec());
+    assert!(
+        status == 400 && report.contains("malformed push command"),
+        "{report}"
+    );
+
+    // A tree entry named `.git` is refused by the strict index.
+    let tree_input = format!(
+        "100644 blob {}\t.git\n",
+        git_ok(&repo, &["rev-parse", "HEAD:README.md"]).trim()
+    );
+    let mut mktree = Command::new("git")
+        .current_dir(&repo)
+        .args(["mktree"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    mktree
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tree_input.as_bytes())
+        .unwrap();
+    let tree = String::from_utf8(mktree.wait_with_output().unwrap().stdout).unwrap();
+    let evil = git_ok(
+        &repo,
+        &["commit-tree", tree.trim(), "-p", &first, "-m", "evil"],
+    );
+    git_ok(&repo, &["update-ref", "refs/heads/evil", evil.trim()]);
+    let (ok, text) = git(&repo, &["push", "origin", "evil:main"]);
+    assert!(!ok && text.contains(".git"), "{text}");
+
+    // Nothing of all that was kept: main is where it was, no blob was stored, no scratch is left.
+    let info = api(&c.api_url, &alice, "GET", "/api/models/alice/model", None).unwrap();
+    assert_eq!(info["sha"], first.as_str());
+    assert_eq!(
+        files_under(&blobs),
+        stored,
+        "a refused push left blobs behind"
+    );
+    assert_eq!(
+        files_under(&c.data_dir.join("git/tmp")),
+        0,
+        "scratch directories were left behind"
+    );
+}

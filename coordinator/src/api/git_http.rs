@@ -372,7 +372,7 @@ async fn push(
         mirror: &mirror,
         is_space: target.is_space,
         catalog: &target.catalog,
-        lfs: &target.git.lfs,
+        git: &target.git,
     };
     let checked = receive::check(&cx, &request.commands, head, rest).await?;
     let names: Vec<&str> = checked.updates.iter().map(|u| u.name.as_str()).collect();

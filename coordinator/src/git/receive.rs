@@ -3,7 +3,7 @@
 //! credentials, fast-forwards are told from rewrites, and a Space's new main commit is read for its config. Only
 //! then is the pack stored in the blob store (on a quorum) for the caller to commit the ref update through Raft.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use axum::body::Bytes;
 use spacedock_coordinator_core::command::{RefUpdate, SpaceCommit};
 use spacedock_coordinator_core::git::{MAIN, check_ref_name, parse_lfs_pointer, space_commit};
+use spacedock_coordinator_core::state::RepoGit;
 use spacedock_shared::flavor::Catalog;
 use spacedock_shared::secret_scan;
 use tokio::io::AsyncWriteExt as _;
@@ -144,12 +145,18 @@ impl Quarantine {
             .await
             .map_err(|e| Refusal::Unpack(e.to_string()))?;
         if !output.status.success() {
-            let why = String::from_utf8_lossy(&output.stderr);
-            let why = why
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let why: Vec<&str> = stderr
                 .lines()
-                .find(|l| l.starts_with("fatal:"))
-                .unwrap_or(why.trim());
-            return Err(Refusal::Unpack(format!("index-pack failed: {why}")));
+                .filter_map(|l| {
+                    l.strip_prefix("error: ")
+                        .or_else(|| l.strip_prefix("fatal: "))
+                })
+                .collect();
+            return Err(Refusal::Unpack(format!(
+                "index-pack failed: {}",
+                why.join("; ")
+            )));
         }
         fed.map_err(Refusal::Unpack)
     }
@@ -163,8 +170,8 @@ pub struct Context<'a> {
     pub mirror: &'a Path,
     pub is_space: bool,
     pub catalog: &'a Catalog,
-    /// The LFS objects uploaded to the repo: pointers to any other are refused.
-    pub lfs: &'a BTreeMap<String, u64>,
+    /// The repo's refs (the mirror's) and LFS objects (pointers to any other are refused).
+    pub git: &'a RepoGit,
 }
 
 /// Checks a push whose pack starts with `head` and goes on in `rest`, and stores its pack on a quorum.
@@ -176,6 +183,15 @@ pub async fn check<E: std::fmt::Display>(
 ) -> Result<Checked, Refusal> {
     for c in commands {
         check_ref_name(&c.name).map_err(Refusal::Rule)?;
+        // Checked again when the update is applied; refusing here keeps a stale push's pack out of the store.
+        let now = cx.git.refs.get(&c.name);
+        if now != c.old.as_ref() {
+            return Err(Refusal::Rule(format!(
+                "{} moved: it is at {}; fetch first",
+                c.name,
+                now.map_or("no commit", String::as_str)
+            )));
+        }
     }
     let quarantine = Quarantine::new(cx.mirrors, cx.mirror).map_err(internal)?;
     let brings_objects = commands.iter().any(|c| c.new.is_some());
@@ -209,7 +225,7 @@ pub async fn check<E: std::fmt::Display>(
     };
     let missing: Vec<String> = lfs
         .iter()
-        .filter(|(_, oid, size)| cx.lfs.get(oid) != Some(size))
+        .filter(|(_, oid, size)| cx.git.lfs.get(oid) != Some(size))
         .map(|(path, oid, _)| format!("{path} ({oid})"))
         .collect();
     if !missing.is_empty() {
