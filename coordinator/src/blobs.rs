@@ -156,6 +156,15 @@ impl BlobStore {
         if !self.check(digest).await? {
             return Ok(None);
         }
+        self.open_unchecked(digest, offset).await.map(Some)
+    }
+
+    /// Opens a blob at `offset` without checking it first (for a reader that checks the bytes itself).
+    pub async fn open_unchecked(
+        &self,
+        digest: &str,
+        offset: u64,
+    ) -> anyhow::Result<(tokio::fs::File, u64)> {
         let path = self.path(digest)?;
         let mut file = tokio::fs::File::open(&path)
             .await
@@ -165,7 +174,7 @@ impl BlobStore {
             bail!("offset {offset} is past the end of {digest} ({size} bytes)");
         }
         file.seek(std::io::SeekFrom::Start(offset)).await?;
-        Ok(Some((file, size)))
+        Ok((file, size))
     }
 }
 
@@ -241,14 +250,15 @@ impl Blobs {
     }
 
     /// Pushes a blob this coordinator holds to the others; returns once a quorum (counting this one) holds
-    /// it. The other pushes go on in the background.
+    /// it. Only as many pushes as a quorum needs run at first (the next peer takes over from one that fails),
+    /// so the acknowledgement does not wait on bandwidth spent on the rest; those follow in the background.
     pub async fn replicate(self: &Arc<Self>, digest: &str) -> anyhow::Result<usize> {
         let others = self.other_members();
         let members = others.len() + 1;
         let quorum = members / 2 + 1;
         let need = quorum - 1;
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        for peer in others.iter().copied() {
+        let start = |peer: u64| {
             let blobs = self.clone();
             let digest = digest.to_owned();
             let done_tx = done_tx.clone();
@@ -259,31 +269,47 @@ impl Blobs {
                 }
                 let _ = done_tx.send((peer, result));
             });
+        };
+        let mut waiting = others.into_iter();
+        let mut running = 0usize;
+        for peer in waiting.by_ref().take(need) {
+            start(peer);
+            running += 1;
         }
-        drop(done_tx);
         let (mut ok, mut failures) = (0usize, Vec::new());
         while ok < need {
-            match done_rx.recv().await {
-                Some((_, Ok(()))) => ok += 1,
-                Some((peer, Err(e))) => failures.push(format!("coordinator {peer}: {e:#}")),
-                None => bail!(
-                    "only {} of {} coordinators hold {digest}, a quorum needs {quorum}: {}",
+            if running == 0 {
+                bail!(
+                    "only {} of {members} coordinators hold {digest}, a quorum needs {quorum}: {}",
                     ok + 1,
-                    others.len() + 1,
                     failures.join("; ")
-                ),
+                );
             }
+            let Some((peer, result)) = done_rx.recv().await else {
+                bail!("replication of {digest} stopped");
+            };
+            running -= 1;
+            match result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    failures.push(format!("coordinator {peer}: {e:#}"));
+                    if let Some(next) = waiting.next() {
+                        start(next);
+                        running += 1;
+                    }
+                }
+            }
+        }
+        for peer in waiting {
+            start(peer);
         }
         Ok(ok + 1)
     }
 
     async fn push(&self, peer: u64, digest: &str) -> anyhow::Result<()> {
         let peers = self.peers.as_ref().ok_or_else(|| anyhow!("no peers"))?;
-        let (mut file, size) = self
-            .store
-            .open(digest, 0)
-            .await?
-            .ok_or_else(|| anyhow!("{digest} is not here to push"))?;
+        // The receiver checks the bytes against the digest before it keeps them.
+        let (mut file, size) = self.store.open_unchecked(digest, 0).await?;
         let work = async {
             let (mut tx, mut rx) = peers.open(peer).await?;
             let put = BlobPut {

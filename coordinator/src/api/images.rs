@@ -2,7 +2,7 @@
 //! quorum of coordinators holds the blob), image records (`POST /api/images`, `GET /api/images`) and Spaces that run a
 //! stored image (`PUT /api/spaces/{ns}/{name}/image`).
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -149,11 +149,35 @@ pub(super) async fn receive_blob(
             size
         }
         None => {
+            // Hashing and writing run on a thread of their own while this task keeps receiving.
             let mut blob = api.blobs.store.writer(digest).map_err(internal)?;
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+            let writer = tokio::task::spawn_blocking(move || {
+                while let Some(chunk) = rx.blocking_recv() {
+                    blob.write(&chunk)?;
+                }
+                Ok::<_, std::io::Error>(blob)
+            });
+            let mut received = Ok(());
             while let Some(chunk) = stream.next().await {
-                blob.write(&chunk.map_err(broke)?)
-                    .map_err(|e| internal(e.into()))?;
+                match chunk {
+                    Ok(chunk) => {
+                        if tx.send(chunk).await.is_err() {
+                            break; // the writer failed; its error is below
+                        }
+                    }
+                    Err(e) => {
+                        received = Err(broke(e));
+                        break;
+                    }
+                }
             }
+            drop(tx);
+            let blob = writer
+                .await
+                .map_err(|e| internal(e.into()))?
+                .map_err(|e| internal(e.into()))?;
+            received?;
             blob.finish()
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?
         }
