@@ -6,6 +6,7 @@ Environment: HF_ENDPOINT, SPACEDOCK_ADMIN_TOKEN, HF_HUB_DISABLE_XET=1 (this serv
 Prints one line per check and exits non-zero at the first failure.
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -151,8 +152,6 @@ check("the warning does not repeat it", not any(SECRET in w for w in WARNINGS), 
 # A file over 10 MiB goes through LFS: preupload says so, the batch API hands out signed URLs, the commit names
 # the object; downloads get the bytes back and listings show the LFS object.
 big = os.urandom(12 * 1024 * 1024)
-import hashlib
-
 oid = hashlib.sha256(big).hexdigest()
 api.upload_file(path_or_fileobj=big, path_in_repo="weights.bin", repo_id="admin/files-model")
 path = hf_hub_download("admin/files-model", "weights.bin", cache_dir=work / "cache-lfs")
@@ -174,6 +173,47 @@ status, text = raw(
     "application/x-ndjson",
 )
 check("LFS: another repo's object cannot be committed by its id alone", status == 400 and "not uploaded" in text, (status, text))
+
+# A missing file's 404 says EntryNotFound and which commit it looked in (clients cache the absence by commit).
+request = urllib.request.Request(
+    ENDPOINT + "/admin/files-model/resolve/main/no-such-file.txt",
+    headers={"Authorization": f"Bearer {TOKEN}"},
+    method="HEAD",
+)
+try:
+    urllib.request.urlopen(request)
+    check("a missing file is a 404", False)
+except urllib.error.HTTPError as e:
+    head = api.repo_info("admin/files-model").sha
+    check(
+        "a missing file's 404 carries X-Repo-Commit",
+        e.code == 404 and e.headers.get("x-error-code") == "EntryNotFound" and e.headers.get("x-repo-commit") == head,
+        dict(e.headers),
+    )
+
+# LFS bytes that do not hash to their oid are refused, and verify says the object is not there.
+wrong_oid = hashlib.sha256(b"the real bytes").hexdigest()
+status, text = raw(
+    "POST",
+    "/admin/files-model.git/info/lfs/objects/batch",
+    json.dumps({"operation": "upload", "objects": [{"oid": wrong_oid, "size": 14}]}).encode(),
+    "application/vnd.git-lfs+json",
+)
+actions = json.loads(text)["objects"][0]["actions"]
+put = urllib.request.Request(actions["upload"]["href"], data=b"other bytes!!!", method="PUT")
+try:
+    urllib.request.urlopen(put)
+    check("LFS: wrong bytes are refused", False)
+except urllib.error.HTTPError as e:
+    check("LFS: wrong bytes are refused", e.code == 400 and "do not match" in e.read().decode(), e.code)
+verify = urllib.request.Request(
+    actions["verify"]["href"], data=json.dumps({"oid": wrong_oid, "size": 14}).encode(), method="POST"
+)
+try:
+    urllib.request.urlopen(verify)
+    check("LFS: verify refuses an object never stored", False)
+except urllib.error.HTTPError as e:
+    check("LFS: verify refuses an object never stored", e.code == 404, e.code)
 
 # Bad input: each refused with a message naming what is wrong, the repo unchanged.
 before = api.repo_info("admin/files-model").sha

@@ -1,8 +1,9 @@
 //! `spacedock-repo-bench`: repos on the cluster with real clients, in one run.
 //!
 //! 1. `git push` of a commit of `--files` small files (default 10,000) to the leader of `--coordinators`
-//!    (default 3; acknowledged once a quorum holds the pack and the refs are committed), then `git clone` of
-//!    it from a follower.
+//!    (default 3; acknowledged once a quorum holds the pack and the refs are committed), then
+//!    `git clone --no-checkout` of it from a follower (writing the files out is the client's disk, not the
+//!    server).
 //! 2. An LFS file of `--lfs-mib` MiB (default 1024) up and down, four ways, alternating:
 //!    - the commit API driven by curl: the LFS batch call, curl's PUT to the signed URL, verify, and the NDJSON
 //!      commit naming the object; down, curl's GET of `resolve/main/FILE` (the object's sha256 is computed
@@ -31,15 +32,17 @@ fn main() {
     let lfs_mib = flag_u64("--lfs-mib", 1024) as usize;
     let runs = flag_u64("--runs", 3) as usize;
     let coordinators = flag_u64("--coordinators", 3);
-    let dir = tempfile::tempdir().unwrap();
-    let leader = Coordinator::bootstrap(dir.path());
+    // Kept when the run fails, for the coordinators' logs; removed at the end of a run that succeeds.
+    let dir = tempfile::tempdir().unwrap().keep();
+    println!("working in {}", dir.display());
+    let leader = Coordinator::bootstrap(&dir);
     let admin = leader.admin_token();
     let mut cluster = vec![];
     for id in 2..=coordinators {
-        cluster.push(Coordinator::join(dir.path(), id, &leader, &admin));
+        cluster.push(Coordinator::join(&dir, id, &leader, &admin));
     }
     let follower = cluster.last().unwrap_or(&leader);
-    let work = dir.path().join("work");
+    let work = dir.join("work");
     std::fs::create_dir(&work).unwrap();
     let auth_url = |c: &Coordinator, path: &str| {
         format!(
@@ -64,19 +67,48 @@ fn main() {
         let push = timed(|| git(&repo, &["push", "-q", &remote, "main"]));
         let into = work.join(format!("{name}-clone"));
         let remote = auth_url(follower, &format!("admin/{name}"));
-        let clone = timed(|| git(&work, &["clone", "-q", &remote, into.to_str().unwrap()]));
+        let clone = timed(|| {
+            git(
+                &work,
+                &[
+                    "clone",
+                    "-q",
+                    "--no-checkout",
+                    &remote,
+                    into.to_str().unwrap(),
+                ],
+            )
+        });
         println!("  run {run}: push {push:.2} s, clone {clone:.2} s");
         pushes.push(push);
         clones.push(clone);
     }
     println!(
-        "median push {:.2} s, clone {:.2} s",
+        "median push {:.2} s, clone (no checkout) {:.2} s",
         median(&mut pushes),
         median(&mut clones)
     );
 
+    // The LFS transfers run on a cluster of their own (a single coordinator unless asked otherwise: every
+    // copy a cluster keeps is another 1 GiB per run on this one disk).
+    drop((leader, cluster));
+    let lfs_coordinators = flag_u64("--lfs-coordinators", 1);
+    let lfs_dir = dir.join("lfs");
+    std::fs::create_dir(&lfs_dir).unwrap();
+    let leader = Coordinator::bootstrap(&lfs_dir);
+    let admin = leader.admin_token();
+    let mut cluster = vec![];
+    for id in 2..=lfs_coordinators {
+        cluster.push(Coordinator::join(&lfs_dir, id, &leader, &admin));
+    }
+    let auth_url = |c: &Coordinator, path: &str| {
+        format!(
+            "http://admin:{admin}@{}/{path}",
+            c.api_url.trim_start_matches("http://")
+        )
+    };
     let baseline = plain_server(&work.join("plain"));
-    println!("LFS file of {lfs_mib} MiB, {runs} runs each way");
+    println!("LFS file of {lfs_mib} MiB, {lfs_coordinators} coordinator(s), {runs} runs each way");
     let mut times: [[Vec<f64>; 2]; 4] = Default::default();
     let source = work.join("big.bin");
     for run in 0..runs {
@@ -176,6 +208,8 @@ fn main() {
         }
         println!("{line}");
     }
+    drop((leader, cluster));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The commit API's LFS path driven by curl (and ureq for the small JSON calls): batch, PUT, verify, commit;
@@ -269,7 +303,9 @@ fn new_repo(c: &Coordinator, token: &str, work: &Path, name: &str) -> PathBuf {
     repo
 }
 
+/// Times `f`, after flushing dirty pages so one step's writeback does not land in the next one's time.
 fn timed(f: impl FnOnce()) -> f64 {
+    run_ok(&mut Command::new("sync"));
     let start = Instant::now();
     f();
     start.elapsed().as_secs_f64()
