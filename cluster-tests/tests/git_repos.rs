@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spacedock_cluster_tests::{Coordinator, api};
+use spacedock_cluster_tests::{Coordinator, api, http_get};
 
 /// A user with a write token.
 fn user(c: &Coordinator, admin: &str, name: &str) -> String {
@@ -660,4 +660,71 @@ fn corrupt_and_malformed_pushes_are_refused_and_change_nothing() {
         0,
         "scratch directories were left behind"
     );
+}
+
+#[test]
+fn a_pushed_static_space_is_served_by_every_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = Coordinator::bootstrap(dir.path());
+    let admin = c1.admin_token();
+    let c2 = Coordinator::join(dir.path(), 2, &c1, &admin);
+    let alice = user(&c1, &admin, "alice");
+    create(
+        &c1,
+        &alice,
+        json!({ "name": "site", "type": "space", "sdk": "static" }),
+    );
+    api(
+        &c1.api_url,
+        &alice,
+        "POST",
+        "/api/spaces/alice/site/variables",
+        Some(json!({ "key": "GREETING", "value": "hello </script>" })),
+    )
+    .unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let repo = clone(&c1, Some(&alice), "spaces/alice/site", &work.join("site"));
+    git_ok(&repo, &["checkout", "-q", "-b", "main"]);
+    commit(
+        &repo,
+        &[
+            ("README.md", b"---\nsdk: static\napp_file: main.html\n---\n"),
+            (
+                "main.html",
+                b"<html><head><title>site</title></head><body>first page</body></html>",
+            ),
+            ("style.css", b"body { color: red }"),
+            ("docs/index.html", b"<p>docs</p>"),
+        ],
+        "site",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "main"]);
+    assert_eq!(runtime(&c1, &alice, "alice/site")["stage"], "RUNNING");
+
+    for c in [&c1, &c2] {
+        let (status, body) = http_get(&c.api_url, "alice-site.localhost", "/").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("first page"), "{body}");
+        assert!(
+            body.contains(r#"<head><script>window.huggingface = {"variables":{"GREETING":"hello <\/script>"}};</script><title>"#),
+            "{body}"
+        );
+        let (status, body) = http_get(&c.api_url, "alice-site.localhost", "/style.css").unwrap();
+        assert_eq!((status, body.as_str()), (200, "body { color: red }"));
+        let (status, body) = http_get(&c.api_url, "alice-site.localhost", "/docs/").unwrap();
+        assert!(
+            status == 200 && body.contains("<p>docs</p>"),
+            "{status} {body}"
+        );
+        for missing in ["/nope.html", "/../README.md", "/.git/config"] {
+            let (status, _) = http_get(&c.api_url, "alice-site.localhost", missing).unwrap();
+            assert_eq!(status, 404, "{missing}");
+        }
+    }
+    // A new commit is served at once.
+    commit(&repo, &[("main.html", b"<p>second page</p>")], "second");
+    git_ok(&repo, &["push", "-q", "origin", "main"]);
+    let (_, body) = http_get(&c2.api_url, "alice-site.localhost", "/").unwrap();
+    assert!(body.contains("second page"), "{body}");
 }

@@ -313,6 +313,8 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             space.error_message = None;
             space.stage = if space.image.is_some() {
                 Stage::AppStarting
+            } else if space.app_file.is_some() {
+                Stage::Running
             } else if has_commit {
                 Stage::Building
             } else {
@@ -965,6 +967,7 @@ fn new_space(
         factory_restarts: 0,
         image: None,
         build: None,
+        app_file: None,
     })
 }
 

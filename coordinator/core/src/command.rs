@@ -293,9 +293,20 @@ pub struct RefUpdate {
 /// What a new commit on a Space's main branch means, read from its README.md and files by the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum SpaceCommit {
-    Build { sdk: String },
-    ConfigError { message: String },
-    NoAppFile { sdk: String, message: String },
+    Build {
+        sdk: String,
+    },
+    ConfigError {
+        message: String,
+    },
+    NoAppFile {
+        sdk: String,
+        message: String,
+    },
+    /// A static Space with nothing to build: the ingress serves the commit's files, `app_file` at `/`.
+    Serve {
+        app_file: String,
+    },
 }
 
 impl Envelope {

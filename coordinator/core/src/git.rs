@@ -130,8 +130,13 @@ pub fn space_commit(
             ),
         };
     }
-    SpaceCommit::Build {
-        sdk: config.sdk.as_str().to_owned(),
+    match (config.sdk, config.effective_app_file()) {
+        (Sdk::Static, Some(app_file)) if config.app_build_command.is_none() => SpaceCommit::Serve {
+            app_file: app_file.to_owned(),
+        },
+        _ => SpaceCommit::Build {
+            sdk: config.sdk.as_str().to_owned(),
+        },
     }
 }
 
@@ -243,6 +248,7 @@ pub fn update_refs(
     let (Some(commit), Some(s), Some(space)) = (&repo.sha, space, repo.space.as_mut()) else {
         return;
     };
+    space.app_file = None;
     match s {
         SpaceCommit::Build { sdk } => {
             space.sdk = sdk.clone();
@@ -267,6 +273,14 @@ pub fn update_refs(
             space.build = None;
             space.stage = Stage::NoAppFile;
             space.error_message = Some(message.clone());
+        }
+        SpaceCommit::Serve { app_file } => {
+            space.sdk = "static".into();
+            space.build = None;
+            space.image = None;
+            space.stage = Stage::Running;
+            space.error_message = None;
+            space.app_file = Some(app_file.clone());
         }
     }
 }
@@ -358,6 +372,16 @@ mod tests {
             panic!("expected NoAppFile");
         };
         assert!(message.contains("app.py"), "{message}");
+        assert_eq!(
+            space_commit(
+                Some(b"---\nsdk: static\napp_file: site/main.html\n---\n"),
+                |f| f == "site/main.html",
+                &catalog
+            ),
+            SpaceCommit::Serve {
+                app_file: "site/main.html".into()
+            }
+        );
         let docker = b"---\nsdk: docker\n---\n";
         assert!(matches!(
             space_commit(Some(docker), |f| f == "app.py", &catalog),

@@ -288,6 +288,8 @@ pub struct SpaceState {
     pub image: Option<SpaceImage>,
     /// The newest commit on main waiting to be built, if any.
     pub build: Option<PendingBuild>,
+    /// For a static Space served from its repo: the file served at `/`.
+    pub app_file: Option<String>,
 }
 
 /// How long a cpu-basic Space may idle before it sleeps, unless it says otherwise (the Hub's 48 hours).

@@ -3,8 +3,9 @@
 //! HTTP/1.1 to the app over it, streaming both bodies; a follower passes the request to the leader's ingress.
 //! Upgrades (websockets) are piped both ways. A sleeping Space is woken by a request: a browser gets a page
 //! that reloads until the app answers, other clients are held until it does (within its startup timeout). A
-//! Space that does not run answers a short page saying why. Every request served counts as the Space's
-//! activity (`crate::activity`), which keeps it awake.
+//! Space that does not run answers a short page saying why. Static Spaces are served from their repo by any
+//! coordinator (`static_space`). Every request served counts as the Space's activity (`crate::activity`),
+//! which keeps it awake.
 
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ enum Target {
         space: String,
         startup_timeout_s: u64,
     },
+    /// A static Space: its files, from any coordinator.
+    Static(super::static_space::Site),
     /// On its way up (APP_STARTING): the page says so, and a woken request keeps waiting.
     Starting(String),
     Page(StatusCode, String),
@@ -87,6 +90,21 @@ fn find(state: &State, sub: &str, visible: impl Fn(&Repo) -> bool) -> Target {
     let Some(space) = repo.space.as_ref().filter(|_| visible(repo)) else {
         return not_found();
     };
+    if let (Stage::Running, Some(app_file), Some(commit)) =
+        (space.stage, &space.app_file, &repo.sha)
+    {
+        return Target::Static(super::static_space::Site {
+            uid: repo.uid.clone(),
+            git: repo.git.clone(),
+            commit: commit.clone(),
+            app_file: app_file.clone(),
+            variables: space
+                .variables
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+        });
+    }
     let live = state
         .allocations
         .values()
@@ -136,6 +154,7 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
     let (space, node, allocation) = match target {
         Target::Page(status, text) => return page(status, &text),
         Target::Starting(text) => return page(StatusCode::SERVICE_UNAVAILABLE, &text),
+        Target::Static(site) => return super::static_space::serve(&api, site, request).await,
         _ if api.node.status().role != "leader" => return via_leader(&api, request).await,
         Target::Agent {
             space,
@@ -183,6 +202,9 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
                             StatusCode::GATEWAY_TIMEOUT,
                             "The Space did not wake within its startup timeout.",
                         );
+                    }
+                    Target::Static(site) => {
+                        return super::static_space::serve(&api, site, request).await;
                     }
                     Target::Starting(_) | Target::Asleep { .. } => {}
                 }

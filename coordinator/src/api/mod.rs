@@ -15,6 +15,7 @@ mod lfs;
 mod logs;
 mod repos;
 mod spaces;
+mod static_space;
 mod usage;
 
 pub use cluster::new_token_secret;
