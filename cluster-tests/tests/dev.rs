@@ -91,6 +91,15 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
         let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["api_url", "applied_index", "id", "role"]);
     }
+    let started = Instant::now();
+    while !output().contains("Space admin/gradio-echo (gradio)") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no example Spaces:\n{}",
+            output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let space = spacedock_cluster_tests::api(
         api_url,
         &token,
@@ -122,6 +131,24 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
     let (status, body) = http_get(api_url, "admin-hello.localhost", "/").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("Hello from spacedock"), "{body}");
+
+    // The examples were pushed with git; the static one is served from its repo at once.
+    assert!(
+        output().contains("pushed; RUNNING: open http://admin-static-hello.localhost:"),
+        "{}",
+        output()
+    );
+    let (status, body) = http_get(api_url, "admin-static-hello.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("window.huggingface"), "{body}");
+    let page =
+        std::fs::read_to_string(repo_root().join("ops/examples/static-hello/index.html")).unwrap();
+    let title = page
+        .split("<title>")
+        .nth(1)
+        .and_then(|t| t.split("</title>").next())
+        .unwrap();
+    assert!(body.contains(title), "{body}");
 
     // SIGTERM stops the command and every coordinator it started.
     Command::new("kill")
