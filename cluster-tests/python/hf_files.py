@@ -136,12 +136,15 @@ for repo_type in ["space", "model", "dataset"]:
     check(f"{t}: history", [c.commit_id for c in commits][0] == sha and len(commits) == 3, commits)
     check(f"{t}: the repo is as it was after the refusals", api.repo_info(repo_id, repo_type=t).sha == sha)
 
-# A Space's commit asks for a build; a commit that breaks its config says why.
+# A static Space runs from its files at once; a Gradio one waits for a build, or says what is missing.
 runtime = api.get_space_runtime("admin/files-space")
-check("space: a commit sets BUILDING", runtime.stage == "BUILDING", runtime)
+check("space: a static commit is RUNNING", runtime.stage == "RUNNING", runtime)
 api.upload_file(path_or_fileobj=b"---\nsdk: gradio\n---\n", path_in_repo="README.md", repo_id="admin/files-space", repo_type="space")
 runtime = api.get_space_runtime("admin/files-space")
 check("space: a gradio README without app.py is NO_APP_FILE", runtime.stage == "NO_APP_FILE" and "app.py" in (runtime.raw.get("errorMessage") or ""), runtime.raw)
+api.upload_file(path_or_fileobj=b"import gradio\n", path_in_repo="app.py", repo_id="admin/files-space", repo_type="space")
+runtime = api.get_space_runtime("admin/files-space")
+check("space: with app.py it is BUILDING", runtime.stage == "BUILDING", runtime.raw)
 
 # A likely credential is warned about through X-HF-Warning, without the value.
 WARNINGS.clear()

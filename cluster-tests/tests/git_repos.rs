@@ -156,7 +156,8 @@ fn git_clones_pushes_and_pulls_with_the_hubs_rules() {
     git_ok(&first, &["push", "-q", "origin", "main"]);
     let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
     assert_eq!(info["sha"], one, "{info}");
-    assert_eq!(runtime(&c, &alice, "alice/app")["stage"], "BUILDING");
+    // A static Space has nothing to build: it runs at once.
+    assert_eq!(runtime(&c, &alice, "alice/app")["stage"], "RUNNING");
 
     // A second clone (anonymous, with .git) sees the push; a shallow clone has one commit.
     let second = clone(&c, None, "spaces/alice/app.git", &work.join("second"));
@@ -285,6 +286,13 @@ fn git_clones_pushes_and_pulls_with_the_hubs_rules() {
         rt["errorMessage"].as_str().unwrap().contains("app.py"),
         "{rt}"
     );
+    // With its app file, a Gradio Space waits for a build.
+    let with_app = commit(&second, &[("app.py", b"print('hi')\n")], "app");
+    git_ok(&second, &["push", "-q", "origin", "main"]);
+    let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
+    assert_eq!(info["runtime"]["stage"], "BUILDING", "{info}");
+    assert_eq!(info["sdk"], "gradio", "{info}");
+    assert_eq!(info["sha"], with_app.as_str());
 }
 
 #[test]
