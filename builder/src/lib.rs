@@ -1,0 +1,3 @@
+//! The builder's logic, apart from its service: Dockerfile parsing (more as the build steps land).
+
+pub mod dockerfile;
