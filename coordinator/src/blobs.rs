@@ -178,6 +178,92 @@ impl BlobStore {
     }
 }
 
+/// A whole blob read as a stream, checked against its blake3 sidecar on the way: a mismatch ends the stream
+/// with an error (the reader sees a failed transfer, never wrong bytes that look complete) and quarantines
+/// the blob. One read of the file instead of a check first and then the read.
+pub struct CheckedStream {
+    inner: std::pin::Pin<Box<tokio_util::io::ReaderStream<tokio::fs::File>>>,
+    hasher: blake3::Hasher,
+    want: String,
+    store: BlobStore,
+    digest: String,
+    done: bool,
+}
+
+impl std::fmt::Debug for CheckedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedStream")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tokio_stream::Stream for CheckedStream {
+    type Item = std::io::Result<axum::body::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                self.hasher.update(&bytes);
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                if self.hasher.finalize().to_hex().as_str() == self.want {
+                    return Poll::Ready(None);
+                }
+                tracing::error!(digest = %self.digest, "blob does not match its blake3 sidecar while served");
+                let (store, digest) = (self.store.clone(), self.digest.clone());
+                tokio::spawn(async move {
+                    let _ = store.check(&digest).await;
+                });
+                Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    "blob {} failed its integrity check",
+                    self.digest
+                )))))
+            }
+            other => other,
+        }
+    }
+}
+
+impl BlobStore {
+    /// The whole blob as a stream checked as it is read (see `CheckedStream`); `None` when it is missing.
+    pub async fn checked_stream(
+        &self,
+        digest: &str,
+    ) -> anyhow::Result<Option<(CheckedStream, u64)>> {
+        let path = self.path(digest)?;
+        let want = match tokio::fs::read_to_string(BlobStore::sidecar(&path)).await {
+            Ok(s) => s.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("reading a blob's sidecar"),
+        };
+        let (file, size) = self.open_unchecked(digest, 0).await?;
+        Ok(Some((
+            CheckedStream {
+                inner: Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    256 * 1024,
+                )),
+                hasher: blake3::Hasher::new(),
+                want,
+                store: self.clone(),
+                digest: digest.to_owned(),
+                done: false,
+            },
+            size,
+        )))
+    }
+}
+
 /// A blob being written: bytes go to a temporary file; `finish` checks the digest and moves it in place.
 #[derive(Debug)]
 pub struct BlobWriter {
@@ -449,6 +535,45 @@ mod tests {
 
     fn digest(bytes: &[u8]) -> String {
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    #[tokio::test]
+    async fn a_streamed_blob_that_rotted_ends_in_an_error_and_is_quarantined() {
+        use tokio_stream::StreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path()).unwrap();
+        let bytes = vec![7u8; 600 * 1024];
+        let d = digest(&bytes);
+        let mut w = store.writer(&d).unwrap();
+        w.write(&bytes).unwrap();
+        w.finish().unwrap();
+        let read = |store: BlobStore, d: String| async move {
+            let (mut stream, _) = store.checked_stream(&d).await.unwrap().unwrap();
+            let (mut got, mut error) = (Vec::new(), None);
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(e) => error = Some(e.to_string()),
+                }
+            }
+            (got, error)
+        };
+        let (got, error) = read(store.clone(), d.clone()).await;
+        assert!(got == bytes && error.is_none(), "{error:?}");
+        // One byte flips on disk: every byte still streams, then the error, and the blob is quarantined.
+        let path = store.path(&d).unwrap();
+        let mut rotten = std::fs::read(&path).unwrap();
+        rotten[300 * 1024] ^= 1;
+        std::fs::write(&path, &rotten).unwrap();
+        let (_, error) = read(store.clone(), d.clone()).await;
+        assert!(error.unwrap().contains("integrity"));
+        for _ in 0..100 {
+            if store.len(&d).is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.len(&d), None, "the rotten blob is still served");
     }
 
     #[tokio::test]

@@ -6,12 +6,14 @@
 //!    server).
 //! 2. An LFS file of `--lfs-mib` MiB (default 1024) up and down, four ways, alternating:
 //!    - the commit API driven by curl: the LFS batch call, curl's PUT to the signed URL, verify, and the NDJSON
-//!      commit naming the object; down, curl's GET of `resolve/main/FILE` (the object's sha256 is computed
-//!      beforehand, as git-lfs does when the file is added);
+//!      commit naming the object; down, curl's GET of `resolve/main/FILE` into /dev/null (the object's sha256
+//!      is computed beforehand, as git-lfs does when the file is added);
 //!    - `huggingface_hub` end to end (`upload_file`, which hashes the file first; `hf_hub_download`);
 //!    - git-lfs end to end (`git push`; `git lfs fetch`);
 //!    - the baseline: a plain HTTP/1.1 file server on loopback written here (PUT writes the body to a file and
-//!      fsyncs it, GET streams a file), driven by curl.
+//!      fsyncs it, GET streams a file with `std::io::copy`, which is sendfile), driven by curl, downloading
+//!      into /dev/null like the commit API's curl (the two clients that write files, `huggingface_hub` and
+//!      git-lfs, are timed writing them).
 //!
 //! Each LFS run uses new bytes, so nothing is deduplicated.
 //! Prints every run, the medians, and the throughput of each way as a ratio of the baseline's.
@@ -164,16 +166,14 @@ fn main() {
                     .arg(&url),
             )
         });
-        let out = work.join("plain-download.bin");
         let down = timed(|| {
-            run_ok(
+            let out = run_output(
                 Command::new("curl")
-                    .args(["-sSf", "-o"])
-                    .arg(&out)
+                    .args(["-sSf", "-o", "/dev/null", "-w", "%{size_download}"])
                     .arg(&url),
-            )
+            );
+            assert_eq!(out.trim(), (lfs_mib << 20).to_string());
         });
-        std::fs::remove_file(&out).unwrap();
         times[2][0].push(up);
         times[2][1].push(down);
         let t = |way: usize, dir: usize| times[way][dir][run];
@@ -269,17 +269,16 @@ fn curl_round_trip(
             .send(body)
             .unwrap();
     });
-    let out = work.join("curl-download.bin");
     let down = timed(|| {
-        run_ok(
+        let got = run_output(
             Command::new("curl")
-                .args(["-sSf", "-H", &format!("Authorization: {auth}"), "-o"])
-                .arg(&out)
+                .args(["-sSf", "-H", &format!("Authorization: {auth}")])
+                .args(["-o", "/dev/null", "-w", "%{size_download}"])
                 .arg(format!("{}/admin/{name}/resolve/main/big.bin", c.api_url)),
-        )
+        );
+        assert_eq!(got.trim(), size.to_string());
     });
-    assert_eq!(std::fs::metadata(&out).unwrap().len(), size);
-    std::fs::remove_file(&out).unwrap();
+    let _ = work;
     (up, down)
 }
 
@@ -314,6 +313,17 @@ fn timed(f: impl FnOnce()) -> f64 {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn run_output(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn run_ok(command: &mut Command) {

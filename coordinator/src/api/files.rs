@@ -254,13 +254,27 @@ pub(super) async fn lfs_body(api: &Api, oid: &str, start: u64, end: u64) -> Resu
             format!("LFS object {oid} is not stored: {e:#}"),
         )
     })?;
+    let failed = || internal(format!("LFS object {oid} failed its check"));
+    // A whole object is checked as it streams; a range is checked first.
+    if start == 0 {
+        let (stream, size) = api
+            .blobs
+            .store
+            .checked_stream(&digest)
+            .await
+            .map_err(|e| internal(format!("{e:#}")))?
+            .ok_or_else(failed)?;
+        if size == end {
+            return Ok(Body::from_stream(stream));
+        }
+    }
     let (file, _) = api
         .blobs
         .store
         .open(&digest, start)
         .await
         .map_err(|e| internal(format!("{e:#}")))?
-        .ok_or_else(|| internal(format!("LFS object {oid} failed its check")))?;
+        .ok_or_else(failed)?;
     Ok(Body::from_stream(
         tokio_util::io::ReaderStream::with_capacity(file.take(end - start), 256 * 1024),
     ))
