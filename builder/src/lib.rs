@@ -1,3 +1,4 @@
-//! The builder's logic, apart from its service: Dockerfile parsing (more as the build steps land).
+//! The builder's logic, apart from its service: Dockerfile parsing, reproducible layers and cache keys.
 
 pub mod dockerfile;
+pub mod layer;

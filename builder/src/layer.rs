@@ -1,0 +1,331 @@
+//! Reproducible image layers and the builder's cache keys, without touching the filesystem.
+//!
+//! A layer is an uncompressed tar whose bytes depend only on its entries: sorted by path, every parent folder
+//! present, timestamps 0, owners as numbers (no user or group names), modes kept to permission bits. Its OCI
+//! digest (sha256) and size come from the bytes as they are written. A build step's cache key is blake3 over
+//! its parent's key, the step's definition and the content hashes of its inputs, each length-prefixed so that
+//! no two different steps can produce the same input to the hash.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use sha2::Digest as _;
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    File(Vec<u8>),
+    Dir,
+    Symlink(String),
+}
+
+/// One entry of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative to the image root, `/`-separated, no leading `/`.
+    pub path: String,
+    pub kind: Kind,
+    /// Permission bits (`0o644`); anything above `0o7777` is dropped.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A written layer: its OCI digest (`sha256:...`, which is also its diff id, being uncompressed) and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Counts and hashes what passes through.
+struct Hashing<W> {
+    inner: W,
+    sha: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `entries` as a reproducible layer to `out`. Paths must be relative and free of `..`; a path given twice
+/// is an error (the caller decides which one wins).
+pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
+    for entry in entries {
+        let path = entry.path.trim_end_matches('/').to_owned();
+        if path.is_empty()
+            || path.starts_with('/')
+            || path
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            return Err(invalid(format!(
+                "layer path `{}` is not a clean relative path",
+                entry.path
+            )));
+        }
+        if by_path.contains_key(&path) {
+            return Err(invalid(format!("layer path `{path}` is given twice")));
+        }
+        by_path.insert(path, entry);
+    }
+    // Every parent folder, owned by root unless the entries say otherwise.
+    let parents: Vec<String> = by_path
+        .keys()
+        .flat_map(|p| {
+            let parts: Vec<&str> = p.split('/').collect();
+            (1..parts.len()).map(move |n| parts[..n].join("/"))
+        })
+        .collect();
+    for parent in parents {
+        by_path.entry(parent.clone()).or_insert(Entry {
+            path: parent,
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    let mut builder = tar::Builder::new(Hashing {
+        inner: out,
+        sha: sha2::Sha256::new(),
+        size: 0,
+    });
+    for (path, entry) in &by_path {
+        if let Kind::File(_) | Kind::Symlink(_) = entry.kind
+            && by_path.keys().any(|p| p.starts_with(&format!("{path}/")))
+        {
+            return Err(invalid(format!(
+                "layer path `{path}` is a file with entries under it"
+            )));
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode & 0o7777);
+        header.set_uid(u64::from(entry.uid));
+        header.set_gid(u64::from(entry.gid));
+        header.set_mtime(0);
+        match &entry.kind {
+            Kind::File(bytes) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(bytes.len() as u64);
+                builder.append_data(&mut header, path, bytes.as_slice())?;
+            }
+            Kind::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
+            }
+            Kind::Symlink(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder.append_link(&mut header, path, target)?;
+            }
+        }
+    }
+    let hashing = builder.into_inner()?;
+    Ok(Layer {
+        digest: format!("sha256:{}", hex::encode(hashing.sha.finalize())),
+        size: hashing.size,
+    })
+}
+
+/// A build step's cache key: blake3 over the parent step's key, the step's definition and its inputs' content
+/// hashes, each length-prefixed.
+pub fn step_key(
+    parent: Option<&blake3::Hash>,
+    definition: &str,
+    inputs: &[blake3::Hash],
+) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_derive_key("spacedock build step v1");
+    match parent {
+        Some(p) => h.update(&[1]).update(p.as_bytes()),
+        None => h.update(&[0]),
+    };
+    h.update(&(definition.len() as u64).to_le_bytes());
+    h.update(definition.as_bytes());
+    h.update(&(inputs.len() as u64).to_le_bytes());
+    for input in inputs {
+        h.update(input.as_bytes());
+    }
+    h.finalize()
+}
+
+/// The content hash of a set of entries (a build context or a step's inputs): blake3 over each entry's path,
+/// kind, mode, owner and content, in path order.
+pub fn entries_hash(entries: &[Entry]) -> blake3::Hash {
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut h = blake3::Hasher::new_derive_key("spacedock entries v1");
+    for e in sorted {
+        h.update(&(e.path.len() as u64).to_le_bytes());
+        h.update(e.path.as_bytes());
+        h.update(&(e.mode & 0o7777).to_le_bytes());
+        h.update(&e.uid.to_le_bytes());
+        h.update(&e.gid.to_le_bytes());
+        let (tag, body): (u8, &[u8]) = match &e.kind {
+            Kind::File(bytes) => (0, bytes),
+            Kind::Dir => (1, &[]),
+            Kind::Symlink(target) => (2, target.as_bytes()),
+        };
+        h.update(&[tag]);
+        h.update(&(body.len() as u64).to_le_bytes());
+        h.update(body);
+    }
+    h.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, body: &[u8]) -> Entry {
+        Entry {
+            path: path.into(),
+            kind: Kind::File(body.to_vec()),
+            mode: 0o100644,
+            uid: 1000,
+            gid: 1000,
+        }
+    }
+
+    fn layer(entries: Vec<Entry>) -> (Layer, Vec<u8>) {
+        let mut out = Vec::new();
+        let layer = write(entries, &mut out).unwrap();
+        (layer, out)
+    }
+
+    #[test]
+    fn the_same_entries_make_the_same_bytes_in_any_order() {
+        let long = format!("home/user/app/{}/deep.txt", "d".repeat(120));
+        let a = vec![
+            file("home/user/app/app.py", b"print(1)"),
+            file(&long, b"x"),
+            Entry {
+                path: "home/user/app/link".into(),
+                kind: Kind::Symlink("app.py".into()),
+                mode: 0o777,
+                uid: 1000,
+                gid: 1000,
+            },
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        let (la, bytes_a) = layer(a);
+        let (lb, bytes_b) = layer(b);
+        assert_eq!(la, lb);
+        assert_eq!(bytes_a, bytes_b);
+        assert_eq!(la.size, bytes_a.len() as u64);
+        assert_eq!(
+            la.digest,
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes_a)))
+        );
+
+        let mut archive = tar::Archive::new(&bytes_a[..]);
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let h = entry.header();
+            assert_eq!(h.mtime().unwrap(), 0);
+            assert!(h.username().unwrap().unwrap_or_default().is_empty());
+            seen.push((
+                entry.path().unwrap().display().to_string(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+            ));
+        }
+        let paths: Vec<&str> = seen.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(
+            &paths[..4],
+            [
+                "home/",
+                "home/user/",
+                "home/user/app/",
+                "home/user/app/app.py"
+            ]
+        );
+        assert!(paths.contains(&long.as_str()));
+        assert_eq!(seen[0].1, 0o755);
+        assert_eq!(seen[3].1, 0o644, "file type bits are dropped from the mode");
+    }
+
+    #[test]
+    fn any_change_changes_the_digest() {
+        let (base, _) = layer(vec![file("a.txt", b"one")]);
+        let (content, _) = layer(vec![file("a.txt", b"two")]);
+        let (owner, _) = layer(vec![Entry {
+            uid: 0,
+            ..file("a.txt", b"one")
+        }]);
+        let (name, _) = layer(vec![file("b.txt", b"one")]);
+        for other in [content, owner, name] {
+            assert_ne!(base.digest, other.digest);
+        }
+    }
+
+    #[test]
+    fn unclean_paths_are_refused() {
+        for bad in ["/etc/passwd", "a/../b", "", "./a", "a//b"] {
+            assert!(write(vec![file(bad, b"x")], Vec::new()).is_err(), "{bad:?}");
+        }
+        assert!(write(vec![file("a", b"x"), file("a", b"y")], Vec::new()).is_err());
+        assert!(write(vec![file("a", b"x"), file("a/b", b"y")], Vec::new()).is_err());
+    }
+
+    #[test]
+    fn cache_keys_depend_on_parent_definition_and_inputs() {
+        let input = entries_hash(&[file("requirements.txt", b"gradio==5")]);
+        let root = step_key(None, "FROM python:3.11", &[]);
+        let k = step_key(Some(&root), "RUN pip install -r requirements.txt", &[input]);
+        assert_eq!(
+            k,
+            step_key(Some(&root), "RUN pip install -r requirements.txt", &[input])
+        );
+        assert_ne!(
+            k,
+            step_key(None, "RUN pip install -r requirements.txt", &[input])
+        );
+        assert_ne!(
+            k,
+            step_key(
+                Some(&root),
+                "RUN pip install -r requirements.txt ",
+                &[input]
+            )
+        );
+        let changed = entries_hash(&[file("requirements.txt", b"gradio==6")]);
+        assert_ne!(
+            k,
+            step_key(
+                Some(&root),
+                "RUN pip install -r requirements.txt",
+                &[changed]
+            )
+        );
+        // Order of entries does not matter for their hash; a mode does.
+        let two = [file("a", b"1"), file("b", b"2")];
+        let swapped = [file("b", b"2"), file("a", b"1")];
+        assert_eq!(entries_hash(&two), entries_hash(&swapped));
+        assert_ne!(
+            entries_hash(&two),
+            entries_hash(&[
+                Entry {
+                    mode: 0o755,
+                    ..file("a", b"1")
+                },
+                file("b", b"2")
+            ])
+        );
+    }
+}
