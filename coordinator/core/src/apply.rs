@@ -11,14 +11,14 @@ use spacedock_shared::space_config::Sdk;
 use crate::access::{
     Principal, authenticate, can_see, check_env_key, check_sleep_time, check_value,
 };
+use crate::command::SpaceCommit;
 use crate::command::{Command, Envelope, KeyValue, NewToken, SpaceSpec};
 use crate::error::ApplyError;
 use crate::state::{
-    AllocationPhase, JoinToken, Millis, Node, NodeState, Org, PendingBuild, Repo, RepoGit,
-    RepoKind, Role, Secret, SecretValue, SpaceImage, SpaceState, Stage, State, Token, User,
-    Variable, repo_key,
+    AllocationPhase, JoinToken, Millis, Node, NodeState, Org, Repo, RepoGit, RepoKind, Role,
+    Secret, SecretValue, SpaceImage, SpaceState, Stage, State, Token, User, Variable, repo_key,
 };
-use crate::{schedule, usage};
+use crate::{builds, schedule, usage};
 
 /// Longest `startup_duration_timeout` a Space may ask for (a day).
 pub const MAX_STARTUP_TIMEOUT_S: u64 = 86_400;
@@ -390,12 +390,18 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             };
             let mut space = new_space(state, &to_id, &spec, Some(&source_space.variables), at)?;
             space.duplicated_from = Some(source.id.clone());
-            if let Some(commit) = &source.sha {
-                space.stage = Stage::Building;
-                space.build = Some(PendingBuild {
-                    commit: commit.clone(),
-                    requested_at: at,
-                });
+            // The copy runs what the source's commit makes: its static files, or a build of its own.
+            let build_id = format!("{uid}-1");
+            match (&source.sha, &source_space.app_file) {
+                (Some(_), Some(app_file)) => {
+                    space.stage = Stage::Running;
+                    space.app_file = Some(app_file.clone());
+                }
+                (Some(_), None) => {
+                    space.stage = Stage::Building;
+                    space.build = Some(build_id.clone());
+                }
+                (None, _) => {}
             }
             insert_repo(
                 state,
@@ -411,6 +417,11 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             copy.git = source.git.clone();
             copy.git.rewrites.clear();
             copy.sha = source.sha.clone();
+            let queued = copy.space.as_ref().is_some_and(|s| s.build.is_some());
+            if let (true, Some(commit)) = (queued, &source.sha) {
+                let key = repo_key(RepoKind::Space, to);
+                builds::enqueue(state, &build_id, &key, commit, &source_space.sdk, false, at);
+            }
             Ok(())
         }
         Command::SetFlavors { flavors } => {
@@ -679,8 +690,22 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             let by = p.user.name.clone();
             let repo = writable_repo(state, &p, *kind, id)?;
             crate::git::check_updates(repo, updates, pack.as_deref(), rewrites, space.as_ref())?;
+            if let Some(SpaceCommit::Build { build, .. }) = space
+                && (build.is_empty() || state.builds.contains_key(build))
+            {
+                return Err(ApplyError::invalid(
+                    "build",
+                    format!("`{build}` is not a new build id"),
+                ));
+            }
+            let key = repo_key(*kind, id);
             let repo = repo_mut(state, *kind, id)?;
             crate::git::update_refs(repo, updates, pack, rewrites, space.as_ref(), &by, at);
+            if let (Some(SpaceCommit::Build { sdk, build }), Some(commit)) =
+                (space, repo.sha.clone())
+            {
+                builds::enqueue(state, build, &key, &commit, sdk, false, at);
+            }
             Ok(())
         }
         Command::AddLfsObjects { kind, id, objects } => {
@@ -696,6 +721,34 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             let repo = repo_mut(state, *kind, id)?;
             repo.git.lfs.extend(objects.iter().cloned());
             Ok(())
+        }
+        Command::ClaimBuild {
+            id,
+            builder,
+            lease_until,
+        } => {
+            system_only(&principal_hash)?;
+            builds::claim(state, id, builder, *lease_until, at)
+        }
+        Command::RenewBuild {
+            id,
+            builder,
+            lease_until,
+        } => {
+            system_only(&principal_hash)?;
+            builds::renew(state, id, builder, *lease_until, at)
+        }
+        Command::FinishBuild {
+            id,
+            builder,
+            outcome,
+        } => {
+            system_only(&principal_hash)?;
+            builds::finish(state, id, builder, outcome, at)
+        }
+        Command::AbandonBuild { id, reason } => {
+            system_only(&principal_hash)?;
+            builds::abandon(state, id, reason, at)
         }
         Command::ReportAllocation {
             id,

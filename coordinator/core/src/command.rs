@@ -280,6 +280,44 @@ pub enum Command {
         /// sha256 hex and size.
         objects: Vec<(String, u64)>,
     },
+    /// A builder takes a queued build (or one whose lease ran out). Proposed by the cluster for the builder.
+    ClaimBuild {
+        id: String,
+        builder: String,
+        lease_until: Millis,
+    },
+    /// The builder still works on it.
+    RenewBuild {
+        id: String,
+        builder: String,
+        lease_until: Millis,
+    },
+    /// The builder is done with it.
+    FinishBuild {
+        id: String,
+        builder: String,
+        outcome: BuildOutcome,
+    },
+    /// The cluster gives up on a build its builders kept losing.
+    AbandonBuild {
+        id: String,
+        reason: String,
+    },
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum BuildOutcome {
+    /// The image (stored with `PutImage` first) and how to run it.
+    Succeeded {
+        image: String,
+        port: u16,
+        startup_timeout_s: u64,
+    },
+    Failed {
+        step: String,
+        message: String,
+    },
 }
 
 /// One ref's move; `None` is absent (creation or deletion).
@@ -293,8 +331,10 @@ pub struct RefUpdate {
 /// What a new commit on a Space's main branch means, read from its README.md and files by the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum SpaceCommit {
+    /// Queue build `build` (an id the proposer chose) of the commit.
     Build {
         sdk: String,
+        build: String,
     },
     ConfigError {
         message: String,
@@ -374,6 +414,10 @@ impl Command {
             Command::ReportAllocation { .. } => "ReportAllocation",
             Command::UpdateRefs { .. } => "UpdateRefs",
             Command::AddLfsObjects { .. } => "AddLfsObjects",
+            Command::ClaimBuild { .. } => "ClaimBuild",
+            Command::RenewBuild { .. } => "RenewBuild",
+            Command::FinishBuild { .. } => "FinishBuild",
+            Command::AbandonBuild { .. } => "AbandonBuild",
         }
     }
 }

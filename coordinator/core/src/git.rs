@@ -6,7 +6,7 @@ use spacedock_shared::space_config::{Sdk, validate_readme};
 
 use crate::command::{RefUpdate, SpaceCommit};
 use crate::error::ApplyError;
-use crate::state::{MAX_REWRITES, Millis, PendingBuild, Repo, Rewrite, Stage};
+use crate::state::{MAX_REWRITES, Millis, Repo, Rewrite, Stage};
 
 /// The branch a Space builds from and `sha` follows.
 pub const MAIN: &str = "refs/heads/main";
@@ -102,6 +102,7 @@ pub fn space_commit(
     readme: Option<&[u8]>,
     has_file: impl Fn(&str) -> bool,
     catalog: &Catalog,
+    build: &str,
 ) -> SpaceCommit {
     let Some(readme) = readme else {
         return SpaceCommit::ConfigError {
@@ -136,6 +137,7 @@ pub fn space_commit(
         },
         _ => SpaceCommit::Build {
             sdk: config.sdk.as_str().to_owned(),
+            build: build.to_owned(),
         },
     }
 }
@@ -245,17 +247,14 @@ pub fn update_refs(
     }
     repo.sha = repo.git.refs.get(MAIN).cloned();
     repo.updated_at = at;
-    let (Some(commit), Some(s), Some(space)) = (&repo.sha, space, repo.space.as_mut()) else {
+    let (Some(_), Some(s), Some(space)) = (&repo.sha, space, repo.space.as_mut()) else {
         return;
     };
     space.app_file = None;
     match s {
-        SpaceCommit::Build { sdk } => {
+        SpaceCommit::Build { sdk, build } => {
             space.sdk = sdk.clone();
-            space.build = Some(PendingBuild {
-                commit: commit.clone(),
-                requested_at: at,
-            });
+            space.build = Some(build.clone());
             space.error_message = None;
             space.stage = if space.stage == Stage::Running {
                 Stage::RunningBuilding
@@ -361,13 +360,14 @@ mod tests {
         let catalog = Catalog::huggingface();
         let readme = b"---\nsdk: gradio\n---\n";
         assert_eq!(
-            space_commit(Some(readme), |f| f == "app.py", &catalog),
+            space_commit(Some(readme), |f| f == "app.py", &catalog, "b1"),
             SpaceCommit::Build {
-                sdk: "gradio".into()
+                sdk: "gradio".into(),
+                build: "b1".into()
             }
         );
         let SpaceCommit::NoAppFile { message, .. } =
-            space_commit(Some(readme), |_| false, &catalog)
+            space_commit(Some(readme), |_| false, &catalog, "b1")
         else {
             panic!("expected NoAppFile");
         };
@@ -376,7 +376,8 @@ mod tests {
             space_commit(
                 Some(b"---\nsdk: static\napp_file: site/main.html\n---\n"),
                 |f| f == "site/main.html",
-                &catalog
+                &catalog,
+                "b1"
             ),
             SpaceCommit::Serve {
                 app_file: "site/main.html".into()
@@ -384,17 +385,17 @@ mod tests {
         );
         let docker = b"---\nsdk: docker\n---\n";
         assert!(matches!(
-            space_commit(Some(docker), |f| f == "app.py", &catalog),
+            space_commit(Some(docker), |f| f == "app.py", &catalog, "b1"),
             SpaceCommit::NoAppFile { .. }
         ));
         let SpaceCommit::ConfigError { message } =
-            space_commit(Some(b"---\nsdk: rails\n---\n"), |_| true, &catalog)
+            space_commit(Some(b"---\nsdk: rails\n---\n"), |_| true, &catalog, "b1")
         else {
             panic!("expected ConfigError");
         };
         assert!(message.starts_with("README.md:2: sdk:"), "{message}");
         assert!(matches!(
-            space_commit(None, |_| true, &catalog),
+            space_commit(None, |_| true, &catalog, "b1"),
             SpaceCommit::ConfigError { .. }
         ));
     }

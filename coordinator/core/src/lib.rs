@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod builds;
 pub mod command;
 pub mod error;
 pub mod git;

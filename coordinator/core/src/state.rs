@@ -286,8 +286,8 @@ pub struct SpaceState {
     pub factory_restarts: u64,
     /// The image the Space runs, when it runs a stored image (set by `set-image`, later by the builder).
     pub image: Option<SpaceImage>,
-    /// The newest commit on main waiting to be built, if any.
-    pub build: Option<PendingBuild>,
+    /// The build of its newest commit, while it is not done (an id in `State.builds`).
+    pub build: Option<String>,
     /// For a static Space served from its repo: the file served at `/`.
     pub app_file: Option<String>,
 }
@@ -420,11 +420,51 @@ pub struct Rewrite {
     pub at: Millis,
 }
 
-/// A build a commit asked for, waiting for a builder.
+/// A build of one Space commit: queued, taken by a builder under a lease, then done one way or another.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
-pub struct PendingBuild {
+pub struct Build {
+    pub id: String,
+    /// The Space's repo key.
+    pub space: String,
     pub commit: String,
-    pub requested_at: Millis,
+    pub sdk: String,
+    /// Build without the cache (a factory restart).
+    pub factory: bool,
+    pub state: BuildState,
+    /// Times a builder took it.
+    pub attempts: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum BuildState {
+    Queued,
+    /// Taken by `builder` until `lease_until` (renewed while it works; another builder may take it after).
+    Running {
+        builder: String,
+        lease_until: Millis,
+    },
+    /// The image (a name in `State.images`) the Space now runs.
+    Succeeded {
+        image: String,
+    },
+    /// The failing step and why.
+    Failed {
+        step: String,
+        message: String,
+    },
+    /// A newer commit of the Space came first.
+    Superseded,
+}
+
+impl BuildState {
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self,
+            BuildState::Succeeded { .. } | BuildState::Failed { .. } | BuildState::Superseded
+        )
+    }
 }
 
 impl Repo {
@@ -470,6 +510,8 @@ pub struct State {
     pub allocations: BTreeMap<String, Allocation>,
     /// The usage ledger by `SPACE_UID/MINUTE`.
     pub usage: BTreeMap<String, UsageMinute>,
+    /// Builds by id.
+    pub builds: BTreeMap<String, Build>,
 }
 
 /// The key a repo is stored under: kind and case-folded id, so `User/App` and `user/app` are one repo.

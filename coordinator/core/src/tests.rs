@@ -1437,9 +1437,13 @@ mod refs {
         }
     }
 
+    /// A build outcome with a fresh id.
     fn build() -> Option<SpaceCommit> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(SpaceCommit::Build {
             sdk: "docker".into(),
+            build: format!("b{n}"),
         })
     }
 
@@ -1454,7 +1458,9 @@ mod refs {
         let space = repo.space.as_ref().unwrap();
         assert_eq!(space.stage, Stage::Building);
         assert_eq!(space.sdk, "docker");
-        assert_eq!(space.build.as_ref().unwrap().commit, oid('a'));
+        let build = &c.state.builds[space.build.as_ref().unwrap()];
+        assert_eq!(build.commit, oid('a'));
+        assert_eq!(build.state, crate::state::BuildState::Queued);
 
         c.run(
             ALICE,
@@ -1619,5 +1625,205 @@ mod refs {
         assert_eq!(copy.sha.as_deref(), Some(oid('a').as_str()));
         assert_eq!(copy.git.packs, vec![PACK.to_owned()]);
         assert_eq!(copy.space.as_ref().unwrap().stage, Stage::Building);
+    }
+}
+
+mod builds {
+    use super::*;
+    use crate::builds::{MAX_ATTEMPTS, lost, next};
+    use crate::command::{BuildOutcome, RefUpdate, SpaceCommit};
+    use crate::state::BuildState;
+
+    fn push(c: &mut Cluster, old: Option<&str>, new: &str, build: &str) {
+        c.run(
+            ALICE,
+            Command::UpdateRefs {
+                kind: RepoKind::Space,
+                id: "alice/app".into(),
+                updates: vec![RefUpdate {
+                    name: crate::git::MAIN.into(),
+                    old: old.map(str::to_owned),
+                    new: Some(new.to_owned()),
+                }],
+                pack: None,
+                rewrites: vec![],
+                space: Some(SpaceCommit::Build {
+                    sdk: "docker".into(),
+                    build: build.into(),
+                }),
+            },
+        )
+        .unwrap();
+    }
+
+    fn claim(id: &str, builder: impl Into<String>, lease_until: u64) -> Command {
+        Command::ClaimBuild {
+            id: id.into(),
+            builder: builder.into(),
+            lease_until,
+        }
+    }
+
+    fn renew(id: &str, builder: &str, lease_until: u64) -> Command {
+        Command::RenewBuild {
+            id: id.into(),
+            builder: builder.into(),
+            lease_until,
+        }
+    }
+
+    fn finish(id: &str, builder: &str, outcome: BuildOutcome) -> Command {
+        Command::FinishBuild {
+            id: id.into(),
+            builder: builder.into(),
+            outcome,
+        }
+    }
+
+    fn space(c: &Cluster) -> crate::state::SpaceState {
+        c.state
+            .repo(RepoKind::Space, "alice/app")
+            .and_then(|r| r.space.clone())
+            .unwrap()
+    }
+
+    fn stage(c: &Cluster) -> (Stage, Option<String>) {
+        let space = space(c);
+        (space.stage, space.error_message)
+    }
+
+    fn setup() -> (Cluster, String, String) {
+        let mut c = scheduling::with_spaces(&["alice/app"], "cpu-basic");
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        push(&mut c, None, &a, "b1");
+        (c, a, b)
+    }
+
+    #[test]
+    fn a_build_is_taken_renewed_and_sets_the_image() {
+        let (mut c, _, _) = setup();
+        let now = c.clock;
+        assert_eq!(next(&c.state, now).map(|b| b.id.as_str()), Some("b1"));
+        c.system(claim("b1", "bx", now + 60_000)).unwrap();
+        assert!(
+            next(&c.state, now).is_none(),
+            "a held build is not offered again"
+        );
+        // Another builder cannot take it, renew it or finish it.
+        let err = c.refused(None, claim("b1", "by", now + 60_000));
+        assert_eq!(err.code(), "Conflict");
+        c.refused(None, renew("b1", "by", now + 90_000));
+        c.system(renew("b1", "bx", now + 90_000)).unwrap();
+        // An image that is not stored cannot be the result; users cannot finish builds.
+        let unknown = BuildOutcome::Succeeded {
+            image: "nope:1".into(),
+            port: 7860,
+            startup_timeout_s: 60,
+        };
+        c.refused(None, finish("b1", "bx", unknown));
+        let done = BuildOutcome::Succeeded {
+            image: "demo:1".into(),
+            port: 7860,
+            startup_timeout_s: 60,
+        };
+        assert_eq!(
+            c.refused(Some(ALICE), finish("b1", "bx", done.clone()))
+                .code(),
+            "Forbidden"
+        );
+        c.system(finish("b1", "bx", done)).unwrap();
+        assert_eq!(stage(&c).0, Stage::AppStarting);
+        let space = space(&c);
+        assert_eq!(space.image.unwrap().port, 7860);
+        assert!(space.build.is_none());
+        assert_eq!(
+            c.state.builds["b1"].state,
+            BuildState::Succeeded {
+                image: "demo:1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_newer_commit_supersedes_and_a_failure_names_its_step() {
+        let (mut c, a, b) = setup();
+        let now = c.clock;
+        c.system(claim("b1", "bx", now + 60_000)).unwrap();
+        push(&mut c, Some(&a), &b, "b2");
+        assert_eq!(c.state.builds["b1"].state, BuildState::Superseded);
+        let late = BuildOutcome::Failed {
+            step: "RUN".into(),
+            message: "x".into(),
+        };
+        let err = c.refused(None, finish("b1", "bx", late));
+        assert!(
+            matches!(&err, ApplyError::Conflict { message, .. } if message.contains("superseded")),
+            "{err:?}"
+        );
+        c.system(claim("b2", "bx", now + 60_000)).unwrap();
+        let failed = BuildOutcome::Failed {
+            step: "Dockerfile:3: RUN pip install -r requirements.txt".into(),
+            message: "exit code 1".into(),
+        };
+        c.system(finish("b2", "bx", failed)).unwrap();
+        let (stage, message) = stage(&c);
+        assert_eq!(stage, Stage::BuildError);
+        assert_eq!(
+            message.as_deref(),
+            Some("Dockerfile:3: RUN pip install -r requirements.txt: exit code 1")
+        );
+    }
+
+    #[test]
+    fn a_lost_builders_build_is_retried_then_abandoned() {
+        let (mut c, _, _) = setup();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let now = c.clock;
+            assert_eq!(
+                next(&c.state, now).map(|b| b.id.as_str()),
+                Some("b1"),
+                "attempt {attempt}"
+            );
+            c.system(claim("b1", format!("b{attempt}"), now + 1))
+                .unwrap();
+            c.clock += 5_000; // the lease runs out: the builder died
+        }
+        let now = c.clock;
+        assert!(next(&c.state, now).is_none(), "no attempts left");
+        assert_eq!(lost(&c.state, now).len(), 1);
+        c.system(Command::AbandonBuild {
+            id: "b1".into(),
+            reason: "its builders were lost 3 times".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            stage(&c),
+            (
+                Stage::BuildError,
+                Some("build: its builders were lost 3 times".into())
+            )
+        );
+        assert!(lost(&c.state, now).is_empty());
+    }
+
+    #[test]
+    fn build_ids_are_new() {
+        let (mut c, a, b) = setup();
+        let reused = Command::UpdateRefs {
+            kind: RepoKind::Space,
+            id: "alice/app".into(),
+            updates: vec![RefUpdate {
+                name: crate::git::MAIN.into(),
+                old: Some(a),
+                new: Some(b),
+            }],
+            pack: None,
+            rewrites: vec![],
+            space: Some(SpaceCommit::Build {
+                sdk: "docker".into(),
+                build: "b1".into(),
+            }),
+        };
+        assert_eq!(c.refused(Some(ALICE), reused).code(), "BadRequest");
     }
 }

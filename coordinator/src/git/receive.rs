@@ -381,6 +381,7 @@ pub async fn read_space(
         found.then_some(readme.as_slice()),
         |f| files.contains(f.as_bytes()),
         catalog,
+        &crate::api::new_id(),
     ))
 }
 
