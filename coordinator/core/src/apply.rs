@@ -304,22 +304,46 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
         }
         Command::Restart { id, factory } => {
             let p = actor(state, &principal_hash, at)?;
-            let has_commit = writable_repo(state, &p, RepoKind::Space, id)?.sha.is_some();
+            let repo = writable_repo(state, &p, RepoKind::Space, id)?;
+            let (uid, sha, key) = (
+                repo.uid.clone(),
+                repo.sha.clone(),
+                repo_key(repo.kind, &repo.id),
+            );
             let space = space_mut(state, id, at)?;
             space.restarts += 1;
             if *factory {
                 space.factory_restarts += 1;
             }
-            space.error_message = None;
-            space.stage = if space.image.is_some() {
-                Stage::AppStarting
-            } else if space.app_file.is_some() {
-                Stage::Running
-            } else if has_commit {
-                Stage::Building
-            } else {
-                Stage::NoAppFile
+            let broken = matches!(space.stage, Stage::ConfigError | Stage::NoAppFile);
+            // A Space that has no image of its commit yet, or a factory restart, builds again (without the
+            // cache for a factory restart); a restart does not mend a README that does not configure it.
+            let rebuild = match &sha {
+                Some(commit)
+                    if space.app_file.is_none()
+                        && !broken
+                        && (space.image.is_none() || *factory) =>
+                {
+                    Some(commit.clone())
+                }
+                _ => None,
             };
+            let build_id = format!("{uid}-r{}", space.restarts);
+            if !(broken && space.image.is_none()) {
+                space.error_message = None;
+            }
+            space.stage = match (&rebuild, &space.image, &space.app_file) {
+                (_, _, Some(_)) => Stage::Running,
+                (_, Some(_), None) => Stage::AppStarting,
+                (Some(_), None, None) => Stage::Building,
+                (None, None, None) if broken => space.stage,
+                (None, None, None) => Stage::NoAppFile,
+            };
+            if let Some(commit) = rebuild {
+                space.build = Some(build_id.clone());
+                let sdk = space.sdk.clone();
+                builds::enqueue(state, &build_id, &key, &commit, &sdk, *factory, at);
+            }
             Ok(())
         }
         Command::SetSecret { id, secret } => {

@@ -1807,6 +1807,96 @@ mod builds {
     }
 
     #[test]
+    fn a_restart_builds_what_has_no_image_and_a_factory_restart_rebuilds() {
+        // alice/app runs an image; its new commit's build b1 is queued.
+        let (mut c, _, _) = setup();
+        c.run(
+            ALICE,
+            Command::Restart {
+                id: "alice/app".into(),
+                factory: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            space(&c).build.as_deref(),
+            Some("b1"),
+            "a plain restart builds nothing new"
+        );
+        assert_eq!(stage(&c).0, Stage::AppStarting);
+        c.run(
+            ALICE,
+            Command::Restart {
+                id: "alice/app".into(),
+                factory: true,
+            },
+        )
+        .unwrap();
+        let rebuild = space(&c).build.unwrap();
+        assert!(
+            c.state.builds[&rebuild].factory,
+            "a factory restart builds without the cache"
+        );
+        assert_eq!(c.state.builds["b1"].state, BuildState::Superseded);
+        assert_eq!(
+            next(&c.state, c.clock).map(|b| b.id.clone()),
+            Some(rebuild.clone())
+        );
+        // A Space with a commit and no image (its build failed) builds again on a restart.
+        c.system(claim(&rebuild, "bx", c.clock + 60_000)).unwrap();
+        let failed = BuildOutcome::Failed {
+            step: "RUN".into(),
+            message: "exit 1".into(),
+        };
+        c.system(finish(&rebuild, "bx", failed)).unwrap();
+        c.create_space(ALICE, "alice/other", false).unwrap();
+        c.run(
+            ALICE,
+            Command::UpdateRefs {
+                kind: RepoKind::Space,
+                id: "alice/other".into(),
+                updates: vec![RefUpdate {
+                    name: crate::git::MAIN.into(),
+                    old: None,
+                    new: Some("c".repeat(40)),
+                }],
+                pack: None,
+                rewrites: vec![],
+                space: Some(SpaceCommit::Build {
+                    sdk: "docker".into(),
+                    build: "o1".into(),
+                }),
+            },
+        )
+        .unwrap();
+        c.system(claim("o1", "bx", c.clock + 60_000)).unwrap();
+        let failed = BuildOutcome::Failed {
+            step: "RUN".into(),
+            message: "exit 1".into(),
+        };
+        c.system(finish("o1", "bx", failed)).unwrap();
+        c.run(
+            ALICE,
+            Command::Restart {
+                id: "alice/other".into(),
+                factory: false,
+            },
+        )
+        .unwrap();
+        let other = c
+            .state
+            .repo(RepoKind::Space, "alice/other")
+            .unwrap()
+            .space
+            .clone()
+            .unwrap();
+        assert_eq!(other.stage, Stage::Building);
+        let again = other.build.unwrap();
+        assert_eq!(c.state.builds[&again].state, BuildState::Queued);
+        assert!(!c.state.builds[&again].factory);
+    }
+
+    #[test]
     fn build_ids_are_new() {
         let (mut c, a, b) = setup();
         let reused = Command::UpdateRefs {
