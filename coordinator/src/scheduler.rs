@@ -44,6 +44,7 @@ pub async fn run(node: NodeHandle, activity: Arc<Activity>, links: Arc<Links>, k
         if metered.elapsed() >= METER_EVERY {
             metered = tokio::time::Instant::now();
             meter(&node).await;
+            abandon_lost_builds(&node).await;
         }
         sleep_idle(&node, &activity, since).await;
         let start = format!("{:016x}", rand::random::<u64>());
@@ -118,6 +119,30 @@ async fn meter(node: &NodeHandle) {
         if let Err(e) = api::propose_as_cluster(node, command, WRITE_TIMEOUT).await {
             tracing::info!(error = %e, "meter: minutes not recorded yet");
             return;
+        }
+    }
+}
+
+/// Gives up on builds whose builders kept dying: each went out of attempts and its last lease ran out.
+async fn abandon_lost_builds(node: &NodeHandle) {
+    let now = api::system_clock();
+    let lost: Vec<String> = node.read_local(|s| {
+        spacedock_coordinator_core::builds::lost(s, now)
+            .into_iter()
+            .map(|b| b.id.clone())
+            .collect()
+    });
+    for id in lost {
+        let command = Command::AbandonBuild {
+            id: id.clone(),
+            reason: format!(
+                "its builder was lost {} times",
+                spacedock_coordinator_core::builds::MAX_ATTEMPTS
+            ),
+        };
+        match api::propose_as_cluster(node, command, WRITE_TIMEOUT).await {
+            Ok(()) => tracing::warn!(build = id, "build abandoned: its builders kept being lost"),
+            Err(e) => tracing::info!(build = id, error = %e, "could not abandon a lost build"),
         }
     }
 }

@@ -198,6 +198,8 @@ pub async fn run(
     }
     tokio::spawn(keep_catalog(node.clone(), catalog));
 
+    let mirrors = crate::git::Mirrors::new(&dir.root.join("git"), blobs.clone())?;
+    tokio::spawn(prune_mirrors(node.clone(), mirrors.clone()));
     let api = Api {
         node: node.clone(),
         public_url: config.public_url.trim_end_matches('/').to_owned(),
@@ -208,7 +210,7 @@ pub async fn run(
         peers: Some(peers),
         ca_fingerprint: authority.ca_fingerprint.clone(),
         url_key: blake3::derive_key("spacedock signed urls v1", authority.ca.key_pem.as_bytes()),
-        mirrors: crate::git::Mirrors::new(&dir.root.join("git"), blobs.clone())?,
+        mirrors: mirrors.clone(),
         blobs,
         links,
         activity: activity.clone(),
@@ -348,4 +350,16 @@ fn load_identity(dir: &Path) -> anyhow::Result<Identity> {
         key_pem: read("node.key")?,
         ca_pem: read("ca.pem")?,
     })
+}
+
+/// Every minute, removes the git mirrors of repos deleted since.
+async fn prune_mirrors(node: node::NodeHandle, mirrors: Arc<crate::git::Mirrors>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let live = node.read_local(|s| s.repos.values().map(|r| r.uid.clone()).collect());
+        let removed = mirrors.prune(&live);
+        if removed > 0 {
+            tracing::info!(removed, "removed the git mirrors of deleted repos");
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub struct Mirrors {
 
 impl Mirrors {
     pub fn new(root: &Path, blobs: Arc<Blobs>) -> anyhow::Result<Arc<Mirrors>> {
+        // Scratch left by a push or commit that was cut short by a crash is never needed again.
+        let _ = std::fs::remove_dir_all(root.join("tmp"));
         for sub in ["repos", "tmp"] {
             std::fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("creating {}", root.join(sub).display()))?;
@@ -120,6 +122,17 @@ impl Mirrors {
         Ok(())
     }
 
+    /// Removes the mirrors of repos that no longer exist (`live` holds the uids of those that do). A deleted
+    /// repo's requests are refused before they reach its mirror, so nothing is using one being removed.
+    pub fn prune(&self, live: &std::collections::HashSet<String>) -> usize {
+        let removed = prune_dirs(&self.root.join("repos"), live);
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        for uid in &removed {
+            synced.remove(uid);
+        }
+        removed.len()
+    }
+
     /// A scratch directory under the mirrors' root, removed when dropped.
     pub fn temp_dir(&self) -> anyhow::Result<tempfile::TempDir> {
         tempfile::Builder::new()
@@ -127,6 +140,24 @@ impl Mirrors {
             .tempdir_in(self.root.join("tmp"))
             .context("creating a scratch directory")
     }
+}
+
+/// Removes `DIR/UID.git` for every uid not in `live`; returns the uids removed.
+fn prune_dirs(dir: &Path, live: &std::collections::HashSet<String>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(uid) = name.strip_suffix(".git")
+            && !live.contains(uid)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed.push(uid.to_owned());
+        }
+    }
+    removed
 }
 
 /// Writes the refs as `packed-refs` (by rename, so readers see the old or the new set).
@@ -234,4 +265,23 @@ async fn read_both(
     a?;
     b?;
     Ok((out, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_mirrors_of_deleted_repos_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        for uid in ["keep", "gone"] {
+            std::fs::create_dir_all(dir.path().join(format!("{uid}.git/objects"))).unwrap();
+        }
+        std::fs::write(dir.path().join("stray-file"), b"x").unwrap();
+        let live = std::collections::HashSet::from(["keep".to_owned()]);
+        assert_eq!(prune_dirs(dir.path(), &live), vec!["gone".to_owned()]);
+        assert!(dir.path().join("keep.git/objects").exists());
+        assert!(!dir.path().join("gone.git").exists());
+        assert!(dir.path().join("stray-file").exists());
+    }
 }
