@@ -134,7 +134,22 @@ for repo_type in ["space", "model", "dataset"]:
     check(f"{t}: refs", [b.name for b in refs.branches] == ["main"] and refs.branches[0].target_commit == sha, refs)
     commits = api.list_repo_commits(repo_id, repo_type=t)
     check(f"{t}: history", [c.commit_id for c in commits][0] == sha and len(commits) == 3, commits)
+    expanded = {e.path: e for e in api.list_repo_tree(repo_id, repo_type=t, recursive=True, expand=True)}
+    # new.txt came with the last commit, src/a.txt with upload_folder's, README.md with the first.
+    ids = [c.commit_id for c in commits]
+    last = {path: expanded[path].last_commit.oid for path in ["new.txt", "src/a.txt", "README.md"]}
+    check(f"{t}: tree entries' last commits", last == {"new.txt": ids[0], "src/a.txt": ids[1], "README.md": ids[2]}, last)
     check(f"{t}: the repo is as it was after the refusals", api.repo_info(repo_id, repo_type=t).sha == sha)
+
+# A .gitignore among the files decides what is left out.
+ignoring = work / "ignoring"
+ignoring.mkdir()
+(ignoring / ".gitignore").write_text("*.log\n")
+(ignoring / "debug.log").write_text("noise")
+(ignoring / "kept.txt").write_text("kept")
+api.upload_folder(folder_path=ignoring, repo_id="admin/files-dataset", repo_type="dataset")
+files = set(api.list_repo_files("admin/files-dataset", repo_type="dataset"))
+check("gitignore: ignored files stay out", "kept.txt" in files and "debug.log" not in files, files)
 
 # A static Space runs from its files at once; a Gradio one waits for a build, or says what is missing.
 runtime = api.get_space_runtime("admin/files-space")

@@ -25,8 +25,9 @@ use crate::git::commit::{self, CommitError, Meta, Op};
 use crate::git::files::{self, Entry};
 use crate::git::receive::{self, MAX_FILE_BYTES, Refusal};
 
-/// Tree entries per page (the Hub's cap).
+/// Tree entries per page (the Hub's caps: 1,000, or 50 with each entry's last commit).
 const TREE_PAGE: usize = 1000;
+const TREE_PAGE_EXPANDED: usize = 50;
 /// Commits per page of history.
 const COMMITS_PAGE: usize = 50;
 /// Largest commit request (regular files travel base64-encoded inside it).
@@ -348,18 +349,20 @@ async fn tree(
     let entries = files::list(&at.mirror, &commit, dir, truthy(&q.recursive))
         .await
         .map_err(|e| internal(format!("{e:#}")))?;
-    let page = q.limit.unwrap_or(TREE_PAGE).clamp(1, TREE_PAGE);
+    let expand = truthy(&q.expand);
+    let most = if expand {
+        TREE_PAGE_EXPANDED
+    } else {
+        TREE_PAGE
+    };
+    let page = q.limit.unwrap_or(most).clamp(1, most);
     let from: usize = q
         .cursor
         .as_deref()
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let items: Vec<Value> = entries
-        .iter()
-        .skip(from)
-        .take(page)
-        .map(entry_json)
-        .collect();
+    let shown: Vec<Entry> = entries.iter().skip(from).take(page).cloned().collect();
+    let items = entries_json(&at.mirror, &commit, &shown, expand).await?;
     let mut response = axum::Json(Value::Array(items)).into_response();
     if from + page < entries.len() {
         let mut next = format!(
@@ -410,9 +413,34 @@ async fn paths_info(
     let entries = files::stat(&at.mirror, &commit, &paths)
         .await
         .map_err(|e| internal(format!("{e:#}")))?;
+    let expand =
+        form_urlencoded::parse(&body).any(|(k, v)| k == "expand" && v.eq_ignore_ascii_case("true"));
     Ok(axum::Json(Value::Array(
-        entries.iter().map(entry_json).collect(),
+        entries_json(&at.mirror, &commit, &entries, expand).await?,
     )))
+}
+
+/// Entries as JSON; with `expand`, each with the last commit that changed it (`lastCommit`).
+async fn entries_json(
+    mirror: &std::path::Path,
+    commit: &str,
+    entries: &[Entry],
+    expand: bool,
+) -> Result<Vec<Value>, ApiError> {
+    let mut items = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut v = entry_json(e);
+        if expand
+            && let Some(last) = files::last_commit(mirror, commit, &e.path)
+                .await
+                .map_err(|e| internal(format!("{e:#}")))?
+        {
+            v["lastCommit"] =
+                json!({ "id": last.id, "title": last.title, "date": iso8601(last.date * 1000) });
+        }
+        items.push(v);
+    }
+    Ok(items)
 }
 
 async fn refs(
@@ -493,8 +521,27 @@ async fn commits(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PreuploadBody {
     files: Vec<PreuploadFile>,
+    /// The `.gitignore` the commit brings, if it brings one.
+    git_ignore: Option<String>,
+}
+
+/// The paths a `.gitignore` ignores (and always anything under `.git/`).
+fn ignored(gitignore: Option<&str>) -> impl Fn(&str) -> bool {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new("");
+    for line in gitignore.unwrap_or_default().lines() {
+        // A line git would not understand is skipped, as git skips it.
+        let _ = builder.add_line(None, line);
+    }
+    let rules = builder.build().ok();
+    move |path: &str| {
+        path.split('/').any(|part| part == ".git")
+            || rules
+                .as_ref()
+                .is_some_and(|r| r.matched_path_or_any_parents(path, false).is_ignore())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -519,13 +566,35 @@ async fn preupload(
             .map_err(|e| internal(format!("{e:#}")))?,
         None => Vec::new(),
     };
+    // The commit's own .gitignore, else the one the revision has.
+    let gitignore = match (&body.git_ignore, &at.commit) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(commit)) => {
+            let entry = files::stat(&at.mirror, commit, &[".gitignore".to_owned()])
+                .await
+                .map_err(|e| internal(format!("{e:#}")))?;
+            match entry.first().filter(|e| !e.is_dir && e.lfs.is_none()) {
+                Some(e) => Some(
+                    String::from_utf8_lossy(
+                        &files::read_blob(&at.mirror, &e.oid)
+                            .await
+                            .map_err(|e| internal(format!("{e:#}")))?,
+                    )
+                    .into_owned(),
+                ),
+                None => None,
+            }
+        }
+        (None, None) => None,
+    };
+    let is_ignored = ignored(gitignore.as_deref());
     let files: Vec<Value> = body
         .files
         .iter()
         .map(|f| {
             let now = current.iter().find(|e| e.path == f.path && !e.is_dir);
             let lfs = f.size > MAX_FILE_BYTES || now.is_some_and(|e| e.lfs.is_some());
-            let ignored = f.path.split('/').any(|part| part == ".git");
+            let ignored = is_ignored(&f.path);
             let mut v = json!({
                 "path": f.path,
                 "uploadMode": if lfs { "lfs" } else { "regular" },
@@ -851,6 +920,25 @@ mod tests {
             "bytes=x-",
         ] {
             assert_eq!(parse_range(&h(bad), 10), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gitignore_rules_decide_what_is_ignored() {
+        let ignored = ignored(Some("*.log\n/build/\n!keep.log\n# comment\ncache\n"));
+        for path in [
+            "a.log",
+            "deep/b.log",
+            "build/x",
+            "cache/y",
+            "x/cache/z",
+            ".git/config",
+            "a/.git/b",
+        ] {
+            assert!(ignored(path), "{path}");
+        }
+        for path in ["keep.log", "app.py", "src/build/x", "cached.txt"] {
+            assert!(!ignored(path), "{path}");
         }
     }
 

@@ -188,6 +188,27 @@ pub async fn read_blob(mirror: &Path, oid: &str) -> anyhow::Result<Vec<u8>> {
     run(git(mirror).args(["cat-file", "blob", oid]), None).await
 }
 
+/// The last commit at or before `commit` that changed `path`.
+pub async fn last_commit(
+    mirror: &Path,
+    commit: &str,
+    path: &str,
+) -> anyhow::Result<Option<CommitInfo>> {
+    let out = run(
+        git(mirror).env("GIT_LITERAL_PATHSPECS", "1").args([
+            "log",
+            "-1",
+            "--format=%H%x00%an%x00%at%x00%s%x00%B%x1e",
+            commit,
+            "--",
+            path,
+        ]),
+        None,
+    )
+    .await?;
+    Ok(parse_log(&out).into_iter().next())
+}
+
 /// One commit in a history listing.
 #[derive(Debug, Clone)]
 pub struct CommitInfo {
@@ -217,9 +238,13 @@ pub async fn log(
         None,
     )
     .await?;
-    let text = String::from_utf8_lossy(&out);
-    Ok(text
-        .split('\u{1e}')
+    Ok(parse_log(&out))
+}
+
+/// Records of `git log --format=%H%x00%an%x00%at%x00%s%x00%B%x1e`.
+fn parse_log(out: &[u8]) -> Vec<CommitInfo> {
+    let text = String::from_utf8_lossy(out);
+    text.split('\u{1e}')
         .filter_map(|record| {
             let mut parts = record.trim_start_matches('\n').splitn(5, '\0');
             Some(CommitInfo {
@@ -230,7 +255,7 @@ pub async fn log(
                 message: parts.next()?.trim_end().to_owned(),
             })
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
