@@ -25,6 +25,9 @@ use crate::git::pktline::{self, FLUSH, PushRequest, ZERO_ID};
 use crate::git::receive::{self, Refusal};
 use crate::git::{git, run};
 
+/// Largest list of ref updates a push may start with (the pack after it is streamed, not held).
+const MAX_PUSH_COMMANDS: usize = 1 << 20;
+
 /// Largest fetch request (wants and haves) read.
 const MAX_FETCH_REQUEST: usize = 64 << 20;
 
@@ -337,6 +340,11 @@ async fn receive_pack(
             pktline::parse_push(&buf).map_err(|e| bad(format!("malformed push: {e}")))?
         {
             break request;
+        }
+        if buf.len() > MAX_PUSH_COMMANDS {
+            return Err(bad(format!(
+                "the push's ref updates are over {MAX_PUSH_COMMANDS} bytes"
+            )));
         }
         match stream.next().await {
             Some(chunk) => {
