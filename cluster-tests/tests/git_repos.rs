@@ -246,6 +246,24 @@ fn git_clones_pushes_and_pulls_with_the_hubs_rules() {
     assert!(text.contains("history rewritten"), "{text}");
     let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
     assert_eq!(info["sha"], stale.as_str());
+    let refs = api(
+        &c.api_url,
+        &alice,
+        "GET",
+        "/api/spaces/alice/app/refs",
+        None,
+    )
+    .unwrap();
+    let rewrite = &refs["rewrites"][0];
+    assert_eq!(
+        (
+            rewrite["ref"].as_str(),
+            rewrite["to"].as_str(),
+            rewrite["by"].as_str()
+        ),
+        (Some("refs/heads/main"), Some(stale.as_str()), Some("alice")),
+        "{refs}"
+    );
 
     // Someone without write access is refused; the repo is as it was.
     let bobs = clone(&c, Some(&bob), "spaces/alice/app", &work.join("bobs"));

@@ -461,11 +461,19 @@ async fn refs(
             })
             .collect()
     };
+    // History rewrites (forced pushes) are recorded; clients that do not know the key ignore it.
+    let rewrites: Vec<Value> = target
+        .git
+        .rewrites
+        .iter()
+        .map(|r| json!({ "ref": r.ref_name, "from": r.old, "to": r.new, "by": r.by, "at": iso8601(r.at) }))
+        .collect();
     Ok(axum::Json(json!({
         "branches": list("refs/heads/"),
         "tags": list("refs/tags/"),
         "converts": [],
         "pullRequests": [],
+        "rewrites": rewrites,
     })))
 }
 
