@@ -6,6 +6,7 @@
 pub mod duration;
 pub mod flavor;
 pub mod image;
+pub mod lfs;
 pub mod money;
 pub mod names;
 pub mod secret_scan;
