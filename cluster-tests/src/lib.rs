@@ -524,8 +524,8 @@ pub fn http_get(base: &str, host: &str, path: &str) -> std::result::Result<(u16,
     http_get_with(base, host, path, &[])
 }
 
-/// `http_get` with extra request headers.
-pub fn http_get_with(
+/// One GET with `Host` and extra headers over a fresh connection: the status and the whole response.
+fn http_exchange(
     base: &str,
     host: &str,
     path: &str,
@@ -555,11 +555,41 @@ pub fn http_get_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP answer: {text}"))?;
+    Ok((status, text))
+}
+
+/// `http_get_with`: the status and the body.
+pub fn http_get_with(
+    base: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::result::Result<(u16, String), String> {
+    let (status, text) = http_exchange(base, host, path, headers)?;
     let body = text
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
+}
+
+/// `http_get`: the status and the response headers (names lowercased).
+pub fn http_get_headers(
+    base: &str,
+    host: &str,
+    path: &str,
+) -> std::result::Result<(u16, Vec<(String, String)>), String> {
+    let (status, text) = http_exchange(base, host, path, &[])?;
+    let head = text
+        .split_once("\r\n\r\n")
+        .map_or(text.as_str(), |(h, _)| h);
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((status, headers))
 }
 
 /// Removes, when dropped, every container an agent made in containerd namespace `ns` of the suite's containerd,

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use spacedock_cluster_tests::{Coordinator, api, http_get};
+use spacedock_cluster_tests::{Coordinator, api, http_get, http_get_headers};
 
 /// A user with a write token.
 fn user(c: &Coordinator, admin: &str, name: &str) -> String {
@@ -715,7 +715,10 @@ fn a_pushed_static_space_is_served_by_every_coordinator() {
     commit(
         &repo,
         &[
-            ("README.md", b"---\nsdk: static\napp_file: main.html\n---\n"),
+            (
+                "README.md",
+                b"---\nsdk: static\napp_file: main.html\ndisable_embedding: true\ncustom_headers:\n  cross-origin-opener-policy: same-origin\n---\n",
+            ),
             (
                 "main.html",
                 b"<html><head><title>site</title></head><body>first page</body></html>",
@@ -735,6 +738,24 @@ fn a_pushed_static_space_is_served_by_every_coordinator() {
         assert!(
             body.contains(r#"<head><script>window.huggingface = {"variables":{"GREETING":"hello <\/script>"}};</script><title>"#),
             "{body}"
+        );
+        // The README's custom_headers and disable_embedding are on the answers.
+        let (_, headers) = http_get_headers(&c.api_url, "alice-site.localhost", "/").unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            header("cross-origin-opener-policy"),
+            Some("same-origin"),
+            "{headers:?}"
+        );
+        assert_eq!(header("x-frame-options"), Some("DENY"));
+        assert_eq!(
+            header("content-security-policy"),
+            Some("frame-ancestors 'none'")
         );
         let (status, body) = http_get(&c.api_url, "alice-site.localhost", "/style.css").unwrap();
         assert_eq!((status, body.as_str()), (200, "body { color: red }"));

@@ -420,6 +420,7 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 (Some(_), Some(app_file)) => {
                     space.stage = Stage::Running;
                     space.app_file = Some(app_file.clone());
+                    space.headers = source_space.headers.clone();
                 }
                 (Some(_), None) => {
                     space.stage = Stage::Building;
@@ -725,7 +726,7 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             let key = repo_key(*kind, id);
             let repo = repo_mut(state, *kind, id)?;
             crate::git::update_refs(repo, updates, pack, rewrites, space.as_ref(), &by, at);
-            if let (Some(SpaceCommit::Build { sdk, build }), Some(commit)) =
+            if let (Some(SpaceCommit::Build { sdk, build, .. }), Some(commit)) =
                 (space, repo.sha.clone())
             {
                 builds::enqueue(state, build, &key, &commit, sdk, false, at);
@@ -1045,6 +1046,7 @@ fn new_space(
         image: None,
         build: None,
         app_file: None,
+        headers: Vec::new(),
     })
 }
 

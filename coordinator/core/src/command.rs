@@ -335,6 +335,8 @@ pub enum SpaceCommit {
     Build {
         sdk: String,
         build: String,
+        /// Response headers for the app (see `SpaceState::headers`).
+        headers: Vec<(String, String)>,
     },
     ConfigError {
         message: String,
@@ -346,6 +348,7 @@ pub enum SpaceCommit {
     /// A static Space with nothing to build: the ingress serves the commit's files, `app_file` at `/`.
     Serve {
         app_file: String,
+        headers: Vec<(String, String)>,
     },
 }
 

@@ -102,13 +102,27 @@ pub fn space_commit(
             ),
         };
     }
+    let mut headers: Vec<(String, String)> = config
+        .custom_headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if config.disable_embedding {
+        headers.push((
+            "content-security-policy".into(),
+            "frame-ancestors 'none'".into(),
+        ));
+        headers.push(("x-frame-options".into(), "DENY".into()));
+    }
     match (config.sdk, config.effective_app_file()) {
         (Sdk::Static, Some(app_file)) if config.app_build_command.is_none() => SpaceCommit::Serve {
             app_file: app_file.to_owned(),
+            headers,
         },
         _ => SpaceCommit::Build {
             sdk: config.sdk.as_str().to_owned(),
             build: build.to_owned(),
+            headers,
         },
     }
 }
@@ -223,8 +237,13 @@ pub fn update_refs(
     };
     space.app_file = None;
     match s {
-        SpaceCommit::Build { sdk, build } => {
+        SpaceCommit::Build {
+            sdk,
+            build,
+            headers,
+        } => {
             space.sdk = sdk.clone();
+            space.headers = headers.clone();
             space.build = Some(build.clone());
             space.error_message = None;
             space.stage = if space.stage == Stage::Running {
@@ -244,7 +263,8 @@ pub fn update_refs(
             space.stage = Stage::NoAppFile;
             space.error_message = Some(message.clone());
         }
-        SpaceCommit::Serve { app_file } => {
+        SpaceCommit::Serve { app_file, headers } => {
+            space.headers = headers.clone();
             space.sdk = "static".into();
             space.build = None;
             space.image = None;
@@ -320,7 +340,8 @@ mod tests {
             space_commit(Some(readme), |f| f == "app.py", &catalog, "b1"),
             SpaceCommit::Build {
                 sdk: "gradio".into(),
-                build: "b1".into()
+                build: "b1".into(),
+                headers: vec![]
             }
         );
         let SpaceCommit::NoAppFile { message, .. } =
@@ -337,8 +358,29 @@ mod tests {
                 "b1"
             ),
             SpaceCommit::Serve {
-                app_file: "site/main.html".into()
+                app_file: "site/main.html".into(),
+                headers: vec![]
             }
+        );
+        let framed = b"---\nsdk: static\ndisable_embedding: true\ncustom_headers:\n  cross-origin-opener-policy: same-origin\n---\n";
+        let SpaceCommit::Serve { headers, .. } =
+            space_commit(Some(framed), |_| true, &catalog, "b1")
+        else {
+            panic!("expected Serve");
+        };
+        assert_eq!(
+            headers,
+            vec![
+                (
+                    "cross-origin-opener-policy".to_owned(),
+                    "same-origin".to_owned()
+                ),
+                (
+                    "content-security-policy".to_owned(),
+                    "frame-ancestors 'none'".to_owned()
+                ),
+                ("x-frame-options".to_owned(), "DENY".to_owned()),
+            ]
         );
         let docker = b"---\nsdk: docker\n---\n";
         assert!(matches!(

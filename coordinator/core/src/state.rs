@@ -290,6 +290,9 @@ pub struct SpaceState {
     pub build: Option<String>,
     /// For a static Space served from its repo: the file served at `/`.
     pub app_file: Option<String>,
+    /// Headers the ingress adds to the app's responses (`custom_headers`, `disable_embedding`), from the README
+    /// of its newest commit.
+    pub headers: Vec<(String, String)>,
 }
 
 /// How long a cpu-basic Space may idle before it sleeps, unless it says otherwise (the Hub's 48 hours).

@@ -1444,6 +1444,7 @@ mod refs {
         Some(SpaceCommit::Build {
             sdk: "docker".into(),
             build: format!("b{n}"),
+            headers: vec![],
         })
     }
 
@@ -1650,6 +1651,7 @@ mod builds {
                 space: Some(SpaceCommit::Build {
                     sdk: "docker".into(),
                     build: build.into(),
+                    headers: vec![],
                 }),
             },
         )
@@ -1865,6 +1867,7 @@ mod builds {
                 space: Some(SpaceCommit::Build {
                     sdk: "docker".into(),
                     build: "o1".into(),
+                    headers: vec![],
                 }),
             },
         )
@@ -1912,6 +1915,7 @@ mod builds {
             space: Some(SpaceCommit::Build {
                 sdk: "docker".into(),
                 build: "b1".into(),
+                headers: vec![],
             }),
         };
         assert_eq!(c.refused(Some(ALICE), reused).code(), "BadRequest");

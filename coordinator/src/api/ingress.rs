@@ -140,7 +140,30 @@ fn find(state: &State, sub: &str, visible: impl Fn(&Repo) -> bool) -> Target {
     }
 }
 
+/// Serves a request for a Space, adding the headers its README asks for (`custom_headers`,
+/// `disable_embedding`) to what the app answers.
 async fn serve(api: Api, sub: &str, request: Request) -> Response {
+    let extra = api.node.read_local(|s| {
+        s.subdomains
+            .get(sub)
+            .and_then(|key| s.repos.get(key))
+            .and_then(|r| r.space.as_ref())
+            .map(|space| space.headers.clone())
+            .unwrap_or_default()
+    });
+    let mut response = serve_app(api, sub, request).await;
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn serve_app(api: Api, sub: &str, request: Request) -> Response {
     let headers = request.headers().clone();
     let found = api
         .read(&headers, |state, p| {
