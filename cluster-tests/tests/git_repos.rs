@@ -774,4 +774,78 @@ fn a_pushed_static_space_is_served_by_every_coordinator() {
     git_ok(&repo, &["push", "-q", "origin", "main"]);
     let (_, body) = http_get(&c2.api_url, "alice-site.localhost", "/").unwrap();
     assert!(body.contains("second page"), "{body}");
+
+    // Private: absent without a token; a token in a header or, after signing in, in a cookie opens it.
+    api(
+        &c1.api_url,
+        &alice,
+        "PUT",
+        "/api/spaces/alice/site/settings",
+        Some(json!({ "private": true })),
+    )
+    .unwrap();
+    let (status, body) = http_get(&c1.api_url, "alice-site.localhost", "/").unwrap();
+    assert!(
+        status == 404 && body.contains("/__spacedock/login"),
+        "{status} {body}"
+    );
+    let bearer = format!("Bearer {alice}");
+    let (status, _) = spacedock_cluster_tests::http_get_with(
+        &c1.api_url,
+        "alice-site.localhost",
+        "/",
+        &[("Authorization", &bearer)],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let answer = post_form(
+        &c1.api_url,
+        "alice-site.localhost",
+        "/__spacedock/login",
+        &format!("token={alice}"),
+    );
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(
+        answer.contains("spacedock_token=") && answer.contains("HttpOnly"),
+        "{answer}"
+    );
+    let cookie = format!("spacedock_token={alice}");
+    let (status, body) = spacedock_cluster_tests::http_get_with(
+        &c2.api_url,
+        "alice-site.localhost",
+        "/",
+        &[("Cookie", &cookie)],
+    )
+    .unwrap();
+    assert!(
+        status == 200 && body.contains("second page"),
+        "{status} {body}"
+    );
+    let bob = user(&c1, &admin, "bob");
+    let answer = post_form(
+        &c1.api_url,
+        "alice-site.localhost",
+        "/__spacedock/login",
+        &format!("token={bob}"),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 401") && !answer.contains("Set-Cookie"),
+        "{answer}"
+    );
+}
+
+/// A form POST to a Space host; the whole answer.
+fn post_form(base: &str, host: &str, path: &str, form: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }

@@ -79,7 +79,12 @@ enum Target {
 
 /// The target of a request for subdomain `sub`; `visible` says whether the caller may see the repo.
 fn find(state: &State, sub: &str, visible: impl Fn(&Repo) -> bool) -> Target {
-    let not_found = || Target::Page(StatusCode::NOT_FOUND, format!("No Space at {sub}."));
+    let not_found = || {
+        Target::Page(
+            StatusCode::NOT_FOUND,
+            format!("No Space at {sub}. If it is private, sign in at {LOGIN_PATH}."),
+        )
+    };
     let Some((key, repo)) = state
         .subdomains
         .get(sub)
@@ -163,7 +168,104 @@ async fn serve(api: Api, sub: &str, request: Request) -> Response {
     response
 }
 
-async fn serve_app(api: Api, sub: &str, request: Request) -> Response {
+/// The cookie a browser holds a token in for private Spaces (set by `/__spacedock/login` on the Space's host).
+const TOKEN_COOKIE: &str = "spacedock_token";
+const LOGIN_PATH: &str = "/__spacedock/login";
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Moves the token cookie, if any, into an `Authorization` header (unless one is there) and out of the
+/// request, so the app never sees it.
+fn token_from_cookie(request: &mut Request) {
+    let Some(token) = cookie(request.headers(), TOKEN_COOKIE).map(str::to_owned) else {
+        return;
+    };
+    let headers = request.headers_mut();
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    let rest: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.starts_with(&format!("{TOKEN_COOKIE}=")) && !pair.is_empty())
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !rest.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `GET /__spacedock/login` on a Space's host: a form for a token; `POST`: checks that the token may see the
+/// Space and keeps it in an HttpOnly cookie for this host.
+async fn login(api: &Api, sub: &str, request: Request) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return html_response(
+            StatusCode::OK,
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in</title></head><body>\
+             <form method=\"post\"><label>Access token <input type=\"password\" name=\"token\"></label>\
+             <button>Open the Space</button></form></body></html>\n"
+                .into(),
+        );
+    }
+    let body = axum::body::to_bytes(request.into_body(), 16 * 1024)
+        .await
+        .unwrap_or_default();
+    let token = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let mut headers = axum::http::HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    let visible = api
+        .read(&headers, |state, p| {
+            let found = find(state, sub, |repo| can_see(state, p, repo));
+            Ok(p.is_some() && !matches!(found, Target::Page(StatusCode::NOT_FOUND, _)))
+        })
+        .await
+        .unwrap_or(false);
+    if !visible || token.bytes().any(|b| !b.is_ascii_graphic()) {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            "That token cannot open this Space.",
+        );
+    }
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_static("/"));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age=2592000"
+    )) {
+        h.insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn serve_app(api: Api, sub: &str, mut request: Request) -> Response {
+    if request.uri().path() == LOGIN_PATH {
+        return login(&api, sub, request).await;
+    }
+    token_from_cookie(&mut request);
     let headers = request.headers().clone();
     let found = api
         .read(&headers, |state, p| {
@@ -386,5 +488,31 @@ mod tests {
         assert_eq!(subdomain("a.b.localhost", "localhost"), None);
         assert_eq!(subdomain("alice-demo.example.com", "localhost"), None);
         assert_eq!(subdomain("xlocalhost", "localhost"), None);
+    }
+
+    #[test]
+    fn the_token_cookie_becomes_authorization_and_never_reaches_the_app() {
+        let mut request = Request::builder()
+            .uri("/")
+            .header(header::COOKIE, "a=1; spacedock_token=hf_secret; b=2")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        token_from_cookie(&mut request);
+        let h = request.headers();
+        assert_eq!(h.get(header::AUTHORIZATION).unwrap(), "Bearer hf_secret");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+        // A request's own Authorization is kept.
+        let mut request = Request::builder()
+            .uri("/")
+            .header(header::AUTHORIZATION, "Bearer mine")
+            .header(header::COOKIE, "spacedock_token=hf_secret")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        token_from_cookie(&mut request);
+        assert_eq!(
+            request.headers().get(header::AUTHORIZATION).unwrap(),
+            "Bearer mine"
+        );
+        assert!(request.headers().get(header::COOKIE).is_none());
     }
 }
