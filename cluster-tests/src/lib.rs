@@ -573,6 +573,25 @@ pub fn http_get_with(
     Ok((status, body))
 }
 
+/// A GET to a Space host over HTTP/2 with prior knowledge (curl): the body, then a line with the HTTP version
+/// and the status (`2 200`).
+pub fn http2_get(base: &str, host: &str, path: &str) -> String {
+    let port = base.rsplit(':').next().unwrap_or("80");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "--resolve",
+        ])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("http://{host}:{port}{path}"))
+        .output()
+        .expect("running curl (ops/test.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `http_get`: the status and the response headers (names lowercased).
 pub fn http_get_headers(
     base: &str,

@@ -769,6 +769,11 @@ fn a_pushed_static_space_is_served_by_every_coordinator() {
             assert_eq!(status, 404, "{missing}");
         }
     }
+    // HTTP/2 (prior knowledge, as a TLS-terminating proxy would speak it) reaches the Space too.
+    let text =
+        spacedock_cluster_tests::http2_get(&c1.api_url, "alice-site.localhost", "/style.css");
+    assert!(text.ends_with("body { color: red }\n2 200"), "{text}");
+
     // A new commit is served at once.
     commit(&repo, &[("main.html", b"<p>second page</p>")], "second");
     git_ok(&repo, &["push", "-q", "origin", "main"]);

@@ -608,6 +608,13 @@ fn a_space_answers_through_every_coordinator() {
         let (status, body) = http_get(&c.api_url, "admin-every.localhost", "/").unwrap();
         assert_eq!(status, 200, "through coordinator {}: {body}", c.id);
         assert!(body.contains("hello from every coordinator"), "{body}");
+        // HTTP/2 from the client (prior knowledge); the app still gets HTTP/1.1.
+        let text = spacedock_cluster_tests::http2_get(&c.api_url, "admin-every.localhost", "/");
+        assert!(
+            text.contains("hello from every coordinator") && text.ends_with("\n2 200"),
+            "HTTP/2 through coordinator {}: {text}",
+            c.id
+        );
     }
     let logs = cl.logs(&c3, &id);
     assert!(logs.contains("every starts"), "through a follower: {logs}");

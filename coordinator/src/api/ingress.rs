@@ -44,10 +44,13 @@ fn subdomain<'a>(host: &'a str, apps_domain: &str) -> Option<&'a str> {
 
 /// Middleware: Space hosts go to the ingress, everything else to the API.
 pub async fn route(AxumState(api): AxumState<Api>, request: Request, next: Next) -> Response {
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the `:authority` of the URI.
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default()
         .to_ascii_lowercase();
     match subdomain(&host, &api.apps_domain) {
@@ -449,6 +452,20 @@ where
             tracing::debug!(error = %e, "ingress connection ended");
         }
     });
+    // The app speaks HTTP/1.1 whatever the client spoke (HTTP/2 arrives with `:authority`, not `Host`).
+    if request.version() != axum::http::Version::HTTP_11 {
+        if !request.headers().contains_key(header::HOST)
+            && let Some(authority) = request.uri().authority().map(|a| a.to_string())
+            && let Ok(v) = HeaderValue::from_str(&authority)
+        {
+            request.headers_mut().insert(header::HOST, v);
+        }
+        *request.version_mut() = axum::http::Version::HTTP_11;
+        // HTTP/1.1 servers expect the origin form (`/path?query`), not HTTP/2's absolute URI.
+        if let Some(origin) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = axum::http::Uri::from(origin);
+        }
+    }
     let wants_upgrade = request.headers().contains_key(header::UPGRADE);
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
     let mut response = match sender.send_request(request).await {
