@@ -192,6 +192,36 @@ status, text = raw(
 )
 check("LFS: another repo's object cannot be committed by its id alone", status == 400 and "not uploaded" in text, (status, text))
 
+# Range requests on resolve, for regular and LFS files.
+for path, whole in [("src/a.txt", b"a"), ("weights.bin", big)]:
+    request = urllib.request.Request(
+        ENDPOINT + "/admin/files-model/resolve/main/" + path,
+        headers={"Authorization": f"Bearer {TOKEN}", "Range": f"bytes=0-{min(len(whole), 1000) - 1}"},
+    )
+    with urllib.request.urlopen(request) as response:
+        part = response.read()
+        check(
+            f"range: {path}",
+            response.status == 206
+            and part == whole[: min(len(whole), 1000)]
+            and response.headers["content-range"] == f"bytes 0-{min(len(whole), 1000) - 1}/{len(whole)}",
+            (response.status, dict(response.headers)),
+        )
+
+# The tree pages through Link headers, each next URL carrying the cursor.
+url = ENDPOINT + "/api/models/admin/files-model/tree/main?recursive=true&limit=2"
+paged = []
+while url:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request) as response:
+        page = json.loads(response.read())
+        check("tree page size", len(page) <= 2, page)
+        paged.extend(e["path"] for e in page)
+        link = response.headers.get("link")
+        url = link.split(">")[0].lstrip("<") if link else None
+everything = [e.path for e in api.list_repo_tree("admin/files-model", recursive=True)]
+check("tree pages add up to the whole tree", paged == everything and len(paged) > 4, (paged, everything))
+
 # A missing file's 404 says EntryNotFound and which commit it looked in (clients cache the absence by commit).
 request = urllib.request.Request(
     ENDPOINT + "/admin/files-model/resolve/main/no-such-file.txt",
