@@ -10,6 +10,9 @@ use crate::state::{Build, BuildState, Millis, SpaceImage, Stage, State};
 /// How many times builders may take one build before the cluster gives up on it.
 pub const MAX_ATTEMPTS: u32 = 3;
 
+/// How many finished builds of each Space the state keeps (older ones are dropped as new ones are queued).
+pub const KEEP_DONE: usize = 10;
+
 /// Queues build `id` of `commit` for the Space under repo key `space`; an unfinished earlier build of it is
 /// superseded. The Space's own fields (stage, `build`) are the caller's.
 pub fn enqueue(
@@ -26,6 +29,17 @@ pub fn enqueue(
             build.state = BuildState::Superseded;
             build.updated_at = at;
         }
+    }
+    let mut done: Vec<(Millis, String)> = state
+        .builds
+        .values()
+        .filter(|b| b.space == space && b.state.is_done())
+        .map(|b| (b.updated_at, b.id.clone()))
+        .collect();
+    done.sort();
+    let excess = done.len().saturating_sub(KEEP_DONE - 1);
+    for (_, old) in done.into_iter().take(excess) {
+        state.builds.remove(&old);
     }
     state.builds.insert(
         id.to_owned(),

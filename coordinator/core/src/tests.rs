@@ -1900,6 +1900,34 @@ mod builds {
     }
 
     #[test]
+    fn only_the_last_finished_builds_are_kept() {
+        let (mut c, a, _) = setup();
+        let mut old = a;
+        for i in 0..(crate::builds::KEEP_DONE + 5) {
+            let new = format!("{:040x}", i + 1);
+            push(&mut c, Some(&old), &new, &format!("n{i}"));
+            old = new;
+        }
+        let of_space = c
+            .state
+            .builds
+            .values()
+            .filter(|b| b.space == "space:alice/app")
+            .count();
+        assert_eq!(
+            of_space,
+            crate::builds::KEEP_DONE,
+            "{:?}",
+            c.state.builds.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            c.state
+                .builds
+                .contains_key(&format!("n{}", crate::builds::KEEP_DONE + 4))
+        );
+    }
+
+    #[test]
     fn build_ids_are_new() {
         let (mut c, a, b) = setup();
         let reused = Command::UpdateRefs {
