@@ -309,6 +309,12 @@ fn git_clones_pushes_and_pulls_with_the_hubs_rules() {
     git_ok(&second, &["push", "-q", "origin", "main"]);
     let info = api(&c.api_url, &alice, "GET", "/api/spaces/alice/app", None).unwrap();
     assert_eq!(info["runtime"]["stage"], "BUILDING", "{info}");
+    // The build log says where the build is (an event stream that stays open while it waits).
+    let first = first_event(&c.api_url, &alice, "/api/spaces/alice/app/logs/build");
+    assert!(
+        first.contains("queued, waiting for a builder") && first.contains("gradio"),
+        "{first}"
+    );
     assert_eq!(info["sdk"], "gradio", "{info}");
     assert_eq!(info["sha"], with_app.as_str());
 }
@@ -853,4 +859,35 @@ fn post_form(base: &str, host: &str, path: &str, form: &str) -> String {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
+}
+
+/// The first event of an event stream (read from a raw connection, which is then dropped).
+fn first_event(base: &str, token: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |seen: &[u8]| {
+        let text = String::from_utf8_lossy(seen);
+        text.split_once("data: {")
+            .is_some_and(|(_, event)| event.contains("\n\n"))
+    };
+    while !complete(&seen) {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }

@@ -1,4 +1,4 @@
-//! `GET /api/spaces/{ns}/{name}/logs/run` (and `/logs/build`): a Space's log as the Hub's event stream
+//! `GET /api/spaces/{ns}/{name}/logs/run` and `/logs/build`: a Space's logs as the Hub's event stream
 //! (reference section 2.F): `data: {"data": "<line>\n", "timestamp": "<ISO Z>"}` events, empty `data:`
 //! keep-alives, the stream open while the allocation runs. The run log comes from the agent that runs the
 //! Space over a stream on its link: the end of the log, then what is appended. The Space's secret values are
@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use spacedock_coordinator_core::access::can_see;
-use spacedock_coordinator_core::state::RepoKind;
+use spacedock_coordinator_core::state::{Build, BuildState, RepoKind};
 use spacedock_shared::wire::LogFollow;
 use tokio::io::AsyncReadExt as _;
 
@@ -46,7 +46,34 @@ fn event(line: &str) -> Bytes {
     Bytes::from(format!("data: {payload}\n\n"))
 }
 
-/// The build log: no builder runs in this cluster yet, so the stream has no events.
+/// How often the build log looks at its build's state.
+const BUILD_POLL: Duration = Duration::from_millis(500);
+
+/// One line for a build's state.
+fn build_line(build: &Build) -> String {
+    let short = &build.commit[..build.commit.len().min(12)];
+    match &build.state {
+        BuildState::Queued => format!(
+            "build {} of commit {short} ({}{}) queued, waiting for a builder",
+            build.id,
+            build.sdk,
+            if build.factory {
+                ", without the cache"
+            } else {
+                ""
+            }
+        ),
+        BuildState::Running { builder, .. } => {
+            format!("taken by builder {builder} (attempt {})", build.attempts)
+        }
+        BuildState::Succeeded { image } => format!("built {image}"),
+        BuildState::Failed { step, message } => format!("failed at {step}: {message}"),
+        BuildState::Superseded => "superseded by a newer commit".into(),
+    }
+}
+
+/// The build log of the Space's newest build: a line for each state it goes through, until it is done. (The
+/// builder's own output joins these lines once builders run.) A Space that was never built has an empty log.
 async fn build_logs(
     AxumState(api): AxumState<Api>,
     headers: HeaderMap,
@@ -54,7 +81,53 @@ async fn build_logs(
 ) -> Result<Response, ApiError> {
     let id = format!("{ns}/{name}");
     visible(&api, &headers, &id).await?;
-    Ok(event_stream(Body::empty()))
+    let key = spacedock_coordinator_core::state::repo_key(RepoKind::Space, &id);
+    let newest = move |state: &spacedock_coordinator_core::State| {
+        state
+            .builds
+            .values()
+            .filter(|b| b.space == key)
+            .max_by_key(|b| (b.created_at, b.id.clone()))
+            .cloned()
+    };
+    let Some(first) = api.node.read_local(&newest) else {
+        return Ok(event_stream(Body::empty()));
+    };
+    let (events, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let node = api.node.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        let mut quiet = tokio::time::Instant::now();
+        loop {
+            let build = node
+                .read_local(|s| s.builds.get(&first.id).cloned())
+                .unwrap_or_else(|| first.clone());
+            let line = build_line(&build);
+            if last.as_ref() != Some(&line) {
+                if events.send(Ok(event(&line))).await.is_err() {
+                    return;
+                }
+                last = Some(line);
+                quiet = tokio::time::Instant::now();
+            } else if quiet.elapsed() >= KEEP_ALIVE {
+                if events
+                    .send(Ok(Bytes::from_static(b"data: \n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                quiet = tokio::time::Instant::now();
+            }
+            if build.state.is_done() {
+                return;
+            }
+            tokio::time::sleep(BUILD_POLL).await;
+        }
+    });
+    Ok(event_stream(Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(body),
+    )))
 }
 
 /// The Space's secret values (for redaction) and its newest allocation's node and id, if the caller may see it.
