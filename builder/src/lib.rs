@@ -1,6 +1,7 @@
-//! The builder's logic, apart from its service: build contexts from git, Dockerfile parsing, reproducible
-//! layers and cache keys.
+//! The builder's logic, apart from its service: build contexts from git, Dockerfile parsing and planning,
+//! reproducible layers and cache keys.
 
 pub mod context;
 pub mod dockerfile;
 pub mod layer;
+pub mod plan;
