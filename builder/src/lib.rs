@@ -3,5 +3,6 @@
 
 pub mod context;
 pub mod dockerfile;
+pub mod image;
 pub mod layer;
 pub mod plan;

@@ -1,0 +1,154 @@
+//! The image a build makes, written without IO: the OCI config (deterministic JSON, so an unchanged build has
+//! the same config digest) from the planned settings and the layers' digests, and the owners a `--chown` names,
+//! looked up in the image's own `/etc/passwd` and `/etc/group`.
+
+use sha2::Digest as _;
+
+use crate::plan::Settings;
+
+/// `USER[:GROUP]` (names or numbers) as uid and gid, by the image's `/etc/passwd` and `/etc/group`. A user
+/// without a group takes its primary group; a number missing from the files is used as it is.
+pub fn owners(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32), String> {
+    let (user, grp) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd_entry = |name: &str| {
+        passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 4 && f[0] == name)
+                .then(|| (f[2].parse::<u32>().ok(), f[3].parse::<u32>().ok()))
+        })
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => match passwd_entry(user) {
+            Some((Some(uid), gid)) => (uid, gid),
+            _ => {
+                return Err(format!(
+                    "--chown: user `{user}` is not in the image's /etc/passwd"
+                ));
+            }
+        },
+    };
+    let gid = match grp {
+        None => primary.unwrap_or(uid),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group
+                .lines()
+                .find_map(|line| {
+                    let f: Vec<&str> = line.split(':').collect();
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse::<u32>().ok())
+                        .flatten()
+                })
+                .ok_or_else(|| format!("--chown: group `{g}` is not in the image's /etc/group"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// The OCI image config for `settings` over layers with these diff ids (uncompressed digests, base first).
+/// Keys come out in a fixed order and the creation time is fixed, so the same inputs give the same bytes.
+pub fn config_json(settings: &Settings, diff_ids: &[String]) -> Vec<u8> {
+    let env: Vec<String> = settings
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let exposed: serde_json::Map<String, serde_json::Value> = settings
+        .exposed
+        .iter()
+        .map(|p| {
+            let port = if p.contains('/') {
+                p.clone()
+            } else {
+                format!("{p}/tcp")
+            };
+            (port, serde_json::json!({}))
+        })
+        .collect();
+    let mut config = serde_json::json!({
+        "Env": env,
+        "Cmd": settings.cmd,
+        "Entrypoint": settings.entrypoint,
+        "WorkingDir": settings.workdir,
+        "User": settings.user,
+        "ExposedPorts": exposed,
+        "Labels": settings.labels,
+    });
+    if settings.entrypoint.is_empty() {
+        config["Entrypoint"] = serde_json::Value::Null;
+    }
+    let image = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": config,
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    serde_json::to_vec(&image).unwrap_or_default()
+}
+
+/// `sha256:` digest of some bytes (a config, a layer).
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\nweb:x:33:44::/var/www:/bin/false\n";
+    const GROUP: &str = "root:x:0:\nusers:x:100:\nuser:x:1000:\n";
+
+    #[test]
+    fn owners_come_from_the_images_own_files() {
+        assert_eq!(owners("user", PASSWD, GROUP), Ok((1000, 1000)));
+        assert_eq!(owners("web", PASSWD, GROUP), Ok((33, 44)));
+        assert_eq!(owners("user:users", PASSWD, GROUP), Ok((1000, 100)));
+        assert_eq!(owners("1234", PASSWD, GROUP), Ok((1234, 1234)));
+        assert_eq!(owners("1000:5", PASSWD, GROUP), Ok((1000, 5)));
+        assert!(
+            owners("nobody", PASSWD, GROUP)
+                .unwrap_err()
+                .contains("`nobody`")
+        );
+        assert!(
+            owners("user:wheel", PASSWD, GROUP)
+                .unwrap_err()
+                .contains("`wheel`")
+        );
+    }
+
+    #[test]
+    fn the_config_is_deterministic_and_reads_back() {
+        let settings = Settings {
+            env: vec![
+                ("PATH".into(), "/bin".into()),
+                ("HOME".into(), "/home/user".into()),
+            ],
+            workdir: "/home/user/app".into(),
+            user: "1000".into(),
+            cmd: vec!["python".into(), "app.py".into()],
+            exposed: vec!["7860".into()],
+            ..Default::default()
+        };
+        let layers = vec![digest(b"one"), digest(b"two")];
+        let bytes = config_json(&settings, &layers);
+        assert_eq!(bytes, config_json(&settings, &layers));
+        assert_eq!(digest(&bytes), digest(&config_json(&settings, &layers)));
+        let (config, diff_ids) = spacedock_shared::image::parse_config(&bytes).unwrap();
+        assert_eq!(diff_ids, layers);
+        assert_eq!(config.cmd, vec!["python", "app.py"]);
+        assert_eq!(config.env, vec!["PATH=/bin", "HOME=/home/user"]);
+        assert_eq!(config.working_dir, "/home/user/app");
+        assert!(config.entrypoint.is_empty());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains("\"ExposedPorts\":{\"7860/tcp\":{}}"),
+            "{text}"
+        );
+    }
+}
