@@ -1,6 +1,6 @@
 //! The image a build makes, written without IO: the OCI config (deterministic JSON, so an unchanged build has
-//! the same config digest) from the planned settings and the layers' digests, and the owners a `--chown` names,
-//! looked up in the image's own `/etc/passwd` and `/etc/group`.
+//! the same config digest) from the planned settings and the layers' digests, the owners a `--chown` names,
+//! looked up in the image's own `/etc/passwd` and `/etc/group`, and a file read through an image's layers.
 
 use sha2::Digest as _;
 
@@ -91,6 +91,47 @@ pub fn config_json(settings: &Settings, diff_ids: &[String]) -> Vec<u8> {
     serde_json::to_vec(&image).unwrap_or_default()
 }
 
+/// A file's bytes in an image whose uncompressed layers (base first) are `layers`: the top layer that has it
+/// wins; an OCI whiteout (`.wh.NAME`, or `.wh..wh..opq` for a whole folder) above it hides it.
+pub fn read_file<R: std::io::Read>(layers: Vec<R>, path: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let path = path.trim_start_matches('/');
+    let mut found = None;
+    for layer in layers {
+        let mut archive = tar::Archive::new(layer);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let entry_path = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_owned();
+            let entry_path = entry_path.trim_end_matches('/');
+            let (dir, name) = entry_path.rsplit_once('/').unwrap_or(("", entry_path));
+            let under = |folder: &str| folder.is_empty() || path.starts_with(&format!("{folder}/"));
+            let hidden = match name.strip_prefix(".wh.") {
+                Some(".wh..opq") => under(dir),
+                Some(gone) => {
+                    let target = if dir.is_empty() {
+                        gone.to_owned()
+                    } else {
+                        format!("{dir}/{gone}")
+                    };
+                    path == target || path.starts_with(&format!("{target}/"))
+                }
+                None => false,
+            };
+            if hidden {
+                found = None;
+            } else if entry_path == path && entry.header().entry_type().is_file() {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+                found = Some(bytes);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// `sha256:` digest of some bytes (a config, a layer).
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -119,6 +160,45 @@ mod tests {
             owners("user:wheel", PASSWD, GROUP)
                 .unwrap_err()
                 .contains("`wheel`")
+        );
+    }
+
+    #[test]
+    fn files_are_read_through_the_layers_with_whiteouts() {
+        use crate::layer::{Entry, Kind, write};
+        let layer = |files: &[(&str, &str)]| {
+            let entries = files
+                .iter()
+                .map(|(p, b)| Entry {
+                    path: (*p).into(),
+                    kind: Kind::File(b.as_bytes().to_vec()),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                })
+                .collect();
+            let mut out = Vec::new();
+            write(entries, &mut out).unwrap();
+            out
+        };
+        let base = layer(&[
+            ("etc/passwd", "root:x:0:0::/:/bin/sh\n"),
+            ("etc/motd", "hi"),
+            ("opt/a/x", "1"),
+        ]);
+        let users = layer(&[(
+            "etc/passwd",
+            "root:x:0:0::/:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n",
+        )]);
+        let hide = layer(&[("etc/.wh.motd", ""), ("opt/.wh.a", "")]);
+        let read = |path: &str| read_file(vec![&base[..], &users[..], &hide[..]], path).unwrap();
+        let passwd = String::from_utf8(read("/etc/passwd").unwrap()).unwrap();
+        assert_eq!(owners("user", &passwd, ""), Ok((1000, 1000)));
+        assert_eq!(read("etc/motd"), None, "whited out");
+        assert_eq!(read("opt/a/x"), None, "its folder was whited out");
+        assert_eq!(
+            read_file(vec![&base[..]], "etc/motd").unwrap(),
+            Some(b"hi".to_vec())
         );
     }
 
