@@ -2,7 +2,7 @@
 //! reproducible layers and cache keys.
 
 pub mod context;
-pub mod dockerfile;
+pub use spacedock_shared::dockerfile;
 pub mod image;
 pub mod layer;
 pub mod plan;

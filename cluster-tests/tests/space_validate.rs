@@ -117,3 +117,49 @@ fn unreadable_path_exits_2() {
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("README.md"), "{}", r.stderr);
 }
+
+#[test]
+fn a_docker_spaces_dockerfile_is_checked_with_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("README.md"),
+        "---\nsdk: docker\napp_port: 7860\n---\n",
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let r = run("spacedock", &["space", "validate", path], &[]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{path}/Dockerfile: missing")),
+        "{}",
+        r.stdout
+    );
+
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM python:3.11\nHEALTHCHECK CMD true\nCOPY app.py\nRUN --mount=type=cache,target=/x pip install x\n",
+    )
+    .unwrap();
+    let r = run("spacedock", &["space", "validate", path], &[]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    assert!(
+        lines[0].starts_with(&format!(
+            "{path}/Dockerfile:2: HEALTHCHECK is not supported"
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with(&format!("{path}/Dockerfile:3: COPY needs")),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with(&format!("{path}/Dockerfile:4: RUN --mount=type=cache")),
+        "{}",
+        lines[2]
+    );
+    assert!(r.stderr.contains("invalid (3 error(s)"), "{}", r.stderr);
+}

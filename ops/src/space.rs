@@ -1,4 +1,5 @@
-//! `spacedock space ...`: commands about one Space; today, validating its README.md config.
+//! `spacedock space ...`: commands about one Space; today, validating its README.md config (and a Docker
+//! Space's Dockerfile).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,9 +28,37 @@ pub fn validate(path: &Path, catalog: &Catalog) -> ExitCode {
     for problem in &report.problems {
         println!("{}", problem.render(&shown));
     }
-    let n_errors = report.errors().count();
+    let mut n_errors = report.errors().count();
     let n_warnings = report.warnings().count();
+    // A Docker Space in a folder: its Dockerfile is checked too, every problem with its line.
+    if let Some(config) = &report.config
+        && config.sdk.as_str() == "docker"
+        && path.is_dir()
+    {
+        let dockerfile = path.join("Dockerfile");
+        let shown = dockerfile.display().to_string();
+        match read_bounded(&dockerfile) {
+            Err(_) => {
+                println!("{shown}: missing; a docker Space is built from it");
+                n_errors += 1;
+            }
+            Ok(bytes) => {
+                if let Err(problems) =
+                    spacedock_shared::dockerfile::parse(&String::from_utf8_lossy(&bytes))
+                {
+                    for p in &problems {
+                        println!("{shown}:{}: {}", p.line, p.message);
+                    }
+                    n_errors += problems.len();
+                }
+            }
+        }
+    }
     match &report.config {
+        Some(_) if n_errors > 0 => {
+            eprintln!("{shown}: invalid ({n_errors} error(s), {n_warnings} warning(s))");
+            ExitCode::from(EXIT_INVALID)
+        }
         Some(config) => {
             eprintln!(
                 "{shown}: valid {} Space ({n_warnings} warning(s))",

@@ -3,6 +3,7 @@
 //! Pure types and decision logic: no IO, no clocks, no async runtime. Every role links this crate; none links another
 //! role's crate.
 
+pub mod dockerfile;
 pub mod duration;
 pub mod flavor;
 pub mod image;
