@@ -238,6 +238,31 @@ fn git_clones_pushes_and_pulls_with_the_hubs_rules() {
     assert_eq!(info["sha"], before.as_str());
     git_ok(&first, &["reset", "-q", "--hard", &before]);
 
+    // A branch and a tag at a commit the cluster has (no new objects), then the branch deleted.
+    git_ok(&first, &["push", "-q", "origin", "HEAD:refs/heads/copy"]);
+    git_ok(&first, &["tag", "v1"]);
+    git_ok(&first, &["push", "-q", "origin", "v1"]);
+    let refs = api(
+        &c.api_url,
+        &alice,
+        "GET",
+        "/api/spaces/alice/app/refs",
+        None,
+    )
+    .unwrap();
+    assert_eq!(refs["branches"].as_array().unwrap().len(), 2, "{refs}");
+    assert_eq!(refs["tags"][0]["name"], "v1", "{refs}");
+    git_ok(&first, &["push", "-q", "origin", "--delete", "copy"]);
+    let refs = api(
+        &c.api_url,
+        &alice,
+        "GET",
+        "/api/spaces/alice/app/refs",
+        None,
+    )
+    .unwrap();
+    assert_eq!(refs["branches"].as_array().unwrap().len(), 1, "{refs}");
+
     // A stale push is refused; a forced one rewrites history and says so.
     let stale = commit(&second, &[("other.txt", b"x")], "stale");
     let (ok, text) = git(&second, &["push", "origin", "main"]);
