@@ -132,6 +132,31 @@ pub fn read_file<R: std::io::Read>(layers: Vec<R>, path: &str) -> std::io::Resul
     Ok(found)
 }
 
+/// The layer a COPY step makes: its entries owned by the `--chown` owners (resolved in the image's own
+/// `/etc/passwd` and `/etc/group`), root otherwise; folders the destination needs are root's, as in Docker.
+pub fn copy_layer(
+    entries: &[crate::layer::Entry],
+    chown: Option<&str>,
+    passwd: &str,
+    group: &str,
+) -> Result<(crate::layer::Layer, Vec<u8>), String> {
+    let (uid, gid) = match chown {
+        Some(spec) => owners(spec, passwd, group)?,
+        None => (0, 0),
+    };
+    let owned = entries
+        .iter()
+        .map(|e| crate::layer::Entry {
+            uid,
+            gid,
+            ..e.clone()
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    let layer = crate::layer::write(owned, &mut bytes).map_err(|e| e.to_string())?;
+    Ok((layer, bytes))
+}
+
 /// `sha256:` digest of some bytes (a config, a layer).
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -200,6 +225,44 @@ mod tests {
             read_file(vec![&base[..]], "etc/motd").unwrap(),
             Some(b"hi".to_vec())
         );
+    }
+
+    #[test]
+    fn a_copy_layer_is_owned_as_chown_says() {
+        use crate::layer::{Entry, Kind};
+        let entries = vec![Entry {
+            path: "home/user/app/app.py".into(),
+            kind: Kind::File(b"x".to_vec()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }];
+        let (layer, bytes) = copy_layer(&entries, Some("user"), PASSWD, GROUP).unwrap();
+        assert_eq!(layer.digest, digest(&bytes));
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let owners: Vec<(String, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().uid().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            owners.last().unwrap(),
+            &("home/user/app/app.py".to_owned(), 1000)
+        );
+        assert_eq!(owners[0].1, 0, "folders the destination needs are root's");
+        assert!(
+            copy_layer(&entries, Some("ghost"), PASSWD, GROUP)
+                .unwrap_err()
+                .contains("ghost")
+        );
+        let (root, _) = copy_layer(&entries, None, PASSWD, GROUP).unwrap();
+        assert_ne!(root.digest, layer.digest);
     }
 
     #[test]
