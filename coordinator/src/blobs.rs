@@ -94,6 +94,45 @@ impl BlobStore {
         })
     }
 
+    /// Removes blobs not in `keep` whose files are older than `min_age` (younger ones may be uploads whose
+    /// reference is not committed yet), and leftovers of cut uploads in `tmp/` older than that. Returns how
+    /// many blobs and bytes were removed.
+    pub fn collect_garbage(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+        min_age: Duration,
+    ) -> anyhow::Result<(usize, u64)> {
+        let old = |meta: &std::fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= min_age)
+        };
+        let (mut count, mut bytes) = (0, 0);
+        for entry in std::fs::read_dir(self.root.join("sha256"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains('.') || keep.contains(&format!("sha256:{name}")) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            if !old(&meta) {
+                continue;
+            }
+            // The sidecar goes first: without it the blob reads as absent, never as half there.
+            let _ = std::fs::remove_file(BlobStore::sidecar(&entry.path()));
+            std::fs::remove_file(entry.path())?;
+            count += 1;
+            bytes += meta.len();
+        }
+        for entry in std::fs::read_dir(self.root.join("tmp"))?.flatten() {
+            if entry.metadata().is_ok_and(|m| old(&m)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok((count, bytes))
+    }
+
     /// Stores a file's bytes as a blob (hashed first, then written and checked); returns its digest and size.
     pub fn put_file(&self, path: &Path) -> anyhow::Result<(String, u64)> {
         use std::io::Read as _;
@@ -535,6 +574,36 @@ mod tests {
 
     fn digest(bytes: &[u8]) -> String {
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    #[tokio::test]
+    async fn garbage_is_what_nothing_refers_to_once_it_is_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::new(dir.path()).unwrap();
+        let put = |bytes: &[u8]| {
+            let d = digest(bytes);
+            let mut w = store.writer(&d).unwrap();
+            w.write(bytes).unwrap();
+            w.finish().unwrap();
+            d
+        };
+        let (kept, garbage) = (put(b"kept"), put(b"garbage"));
+        let keep = std::collections::BTreeSet::from([kept.clone()]);
+        // Young blobs stay whatever refers to them.
+        assert_eq!(
+            store
+                .collect_garbage(&keep, Duration::from_secs(3600))
+                .unwrap(),
+            (0, 0)
+        );
+        assert!(store.len(&garbage).is_some());
+        assert_eq!(
+            store.collect_garbage(&keep, Duration::ZERO).unwrap(),
+            (1, 7)
+        );
+        assert_eq!(store.len(&garbage), None);
+        assert_eq!(store.len(&kept), Some(4));
+        assert!(!store.path(&garbage).unwrap().with_extension("b3").exists());
     }
 
     #[tokio::test]

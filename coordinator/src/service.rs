@@ -200,6 +200,7 @@ pub async fn run(
 
     let mirrors = crate::git::Mirrors::new(&dir.root.join("git"), blobs.clone())?;
     tokio::spawn(prune_mirrors(node.clone(), mirrors.clone()));
+    tokio::spawn(collect_blobs(node.clone(), blobs.clone()));
     let api = Api {
         node: node.clone(),
         public_url: config.public_url.trim_end_matches('/').to_owned(),
@@ -350,6 +351,28 @@ fn load_identity(dir: &Path) -> anyhow::Result<Identity> {
         key_pem: read("node.key")?,
         ca_pem: read("ca.pem")?,
     })
+}
+
+/// How old an unreferenced blob must be before it is collected (an upload whose reference is not committed
+/// yet is younger).
+const BLOB_GRACE: Duration = Duration::from_secs(3600);
+
+/// Every ten minutes, removes the blobs nothing in the state refers to any more (deleted repos' packs and LFS
+/// objects, pushes that lost a race, abandoned uploads).
+async fn collect_blobs(node: node::NodeHandle, blobs: Arc<Blobs>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let keep = node.read_local(|s| s.referenced_blobs());
+        let store = blobs.store.clone();
+        match tokio::task::spawn_blocking(move || store.collect_garbage(&keep, BLOB_GRACE)).await {
+            Ok(Ok((0, _))) => {}
+            Ok(Ok((count, bytes))) => tracing::info!(count, bytes, "collected unreferenced blobs"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "blob garbage collection failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "blob garbage collection failed"),
+        }
+    }
 }
 
 /// Every minute, removes the git mirrors of repos deleted since.

@@ -543,6 +543,21 @@ impl State {
             .filter_map(move |o| o.members.get(&user).map(|r| (o, *r)))
     }
 
+    /// Every blob the state refers to (`sha256:` digests): repos' packs and LFS objects, images' configs and
+    /// layers. The rest of a blob store is garbage once it is old enough not to be an upload in flight.
+    pub fn referenced_blobs(&self) -> std::collections::BTreeSet<String> {
+        let mut keep = std::collections::BTreeSet::new();
+        for repo in self.repos.values() {
+            keep.extend(repo.git.packs.iter().cloned());
+            keep.extend(repo.git.lfs.keys().map(|oid| format!("sha256:{oid}")));
+        }
+        for image in self.images.values() {
+            keep.insert(image.id.clone());
+            keep.extend(image.layers.iter().map(|l| l.digest.clone()));
+        }
+        keep
+    }
+
     /// Encodes the state for a Raft snapshot.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, String> {
         rkyv::to_bytes::<rkyv::rancor::Error>(self)

@@ -1607,6 +1607,41 @@ mod refs {
     }
 
     #[test]
+    fn referenced_blobs_are_packs_lfs_objects_and_image_parts() {
+        let mut c = scheduling::with_spaces(&["alice/app"], "cpu-basic");
+        c.run(ALICE, push(None, Some('a'), build())).unwrap();
+        c.system(Command::AddLfsObjects {
+            kind: RepoKind::Space,
+            id: "alice/app".into(),
+            objects: vec![("b".repeat(64), 5)],
+        })
+        .unwrap();
+        let keep = c.state.referenced_blobs();
+        for digest in [
+            PACK.to_owned(),
+            format!("sha256:{}", "b".repeat(64)),
+            "sha256:c0".into(),
+            "sha256:l1".into(),
+        ] {
+            assert!(keep.contains(&digest), "{digest} missing from {keep:?}");
+        }
+        assert_eq!(keep.len(), 4);
+        c.run(
+            ALICE,
+            Command::DeleteRepo {
+                kind: RepoKind::Space,
+                id: "alice/app".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.state.referenced_blobs().len(),
+            2,
+            "a deleted repo's blobs are garbage"
+        );
+    }
+
+    #[test]
     fn a_duplicate_shares_the_sources_commits_and_builds() {
         let mut c = Cluster::new();
         c.create_space(ALICE, "alice/app", false).unwrap();
