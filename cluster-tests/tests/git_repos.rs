@@ -916,3 +916,64 @@ fn first_event(base: &str, token: &str, path: &str) -> String {
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+#[test]
+fn many_pushes_are_compacted_into_one_pack_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::bootstrap(dir.path());
+    let admin = c.admin_token();
+    let alice = user(&c, &admin, "alice");
+    create(&c, &alice, json!({ "name": "busy" }));
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let repo = clone(&c, Some(&alice), "alice/busy", &work.join("repo"));
+    git_ok(&repo, &["checkout", "-q", "-b", "main"]);
+    let mut last = String::new();
+    for i in 0..17 {
+        last = commit(
+            &repo,
+            &[(&format!("f{i}.txt"), format!("push {i}\n").as_bytes())],
+            &format!("push {i}"),
+        );
+        git_ok(&repo, &["push", "-q", "origin", "main"]);
+    }
+    // Every push added a pack; the sixteenth set off a compaction. A clone syncs the mirror, which then keeps
+    // only the packs the repo still has.
+    let packs = || {
+        let mut n = 0;
+        for repo in std::fs::read_dir(c.data_dir.join("git/repos"))
+            .unwrap()
+            .flatten()
+        {
+            for f in std::fs::read_dir(repo.path().join("objects/pack"))
+                .unwrap()
+                .flatten()
+            {
+                n += usize::from(f.file_name().to_string_lossy().ends_with(".pack"));
+            }
+        }
+        n
+    };
+    let started = Instant::now();
+    let mut round = 0;
+    let cloned = loop {
+        round += 1;
+        let into = work.join(format!("check-{round}"));
+        let cloned = clone(&c, Some(&alice), "alice/busy", &into);
+        if packs() <= 2 {
+            break cloned;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still {} packs",
+            packs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(head(&cloned), last);
+    assert_eq!(
+        git_ok(&cloned, &["rev-list", "--count", "HEAD"]).trim(),
+        "17"
+    );
+    assert_eq!(std::fs::read(cloned.join("f0.txt")).unwrap(), b"push 0\n");
+}

@@ -771,6 +771,16 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
             system_only(&principal_hash)?;
             builds::finish(state, id, builder, outcome, at)
         }
+        Command::CompactPacks {
+            kind,
+            id,
+            replaced,
+            pack,
+        } => {
+            system_only(&principal_hash)?;
+            let repo = repo_mut(state, *kind, id)?;
+            crate::git::compact(repo, replaced, pack)
+        }
         Command::AbandonBuild { id, reason } => {
             system_only(&principal_hash)?;
             builds::abandon(state, id, reason, at)

@@ -303,6 +303,13 @@ pub enum Command {
         id: String,
         reason: String,
     },
+    /// The cluster replaced some of a repo's packs by one holding every object its refs reach (compaction).
+    CompactPacks {
+        kind: RepoKind,
+        id: String,
+        replaced: Vec<String>,
+        pack: String,
+    },
 }
 
 /// How a build ended.
@@ -421,6 +428,7 @@ impl Command {
             Command::RenewBuild { .. } => "RenewBuild",
             Command::FinishBuild { .. } => "FinishBuild",
             Command::AbandonBuild { .. } => "AbandonBuild",
+            Command::CompactPacks { .. } => "CompactPacks",
         }
     }
 }

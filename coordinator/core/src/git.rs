@@ -198,6 +198,37 @@ pub fn check_updates(
     Ok(())
 }
 
+/// How many packs a repo gathers before the leader compacts them into one.
+pub const COMPACT_AT: usize = 16;
+
+/// Replaces `replaced` (all still the repo's packs) by `pack`, which the proposer built to hold every object
+/// the repo's refs reached; packs added since it looked stay.
+pub fn compact(repo: &mut Repo, replaced: &[String], pack: &str) -> Result<(), ApplyError> {
+    if replaced.is_empty() || replaced.iter().any(|p| !repo.git.packs.contains(p)) {
+        return Err(ApplyError::Conflict {
+            message: "the packs to replace are not all the repo's any more".into(),
+            url_path: None,
+        });
+    }
+    let hex = pack.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApplyError::invalid(
+            "pack",
+            format!("`{pack}` is not a sha256 digest"),
+        ));
+    }
+    let mut packs = vec![pack.to_owned()];
+    packs.extend(
+        repo.git
+            .packs
+            .iter()
+            .filter(|p| !replaced.contains(p) && p.as_str() != pack)
+            .cloned(),
+    );
+    repo.git.packs = packs;
+    Ok(())
+}
+
 /// Applies a checked `UpdateRefs`.
 pub fn update_refs(
     repo: &mut Repo,

@@ -1607,6 +1607,55 @@ mod refs {
     }
 
     #[test]
+    fn compaction_replaces_the_packs_it_read_and_keeps_newer_ones() {
+        let mut c = Cluster::new();
+        c.create_space(ALICE, "alice/app", false).unwrap();
+        let pack = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        let mut old = None;
+        for n in 1..=3u8 {
+            let new = char::from(b'a' + n);
+            c.run(
+                ALICE,
+                Command::UpdateRefs {
+                    kind: RepoKind::Space,
+                    id: "alice/app".into(),
+                    updates: vec![RefUpdate {
+                        name: MAIN.into(),
+                        old: old.map(oid),
+                        new: Some(oid(new)),
+                    }],
+                    pack: Some(pack(n)),
+                    rewrites: vec![],
+                    space: None,
+                },
+            )
+            .unwrap();
+            old = Some(new);
+        }
+        let compact = |replaced: Vec<String>| Command::CompactPacks {
+            kind: RepoKind::Space,
+            id: "alice/app".into(),
+            replaced,
+            pack: pack(9),
+        };
+        assert_eq!(
+            c.refused(Some(ALICE), compact(vec![pack(1)])).code(),
+            "Forbidden"
+        );
+        assert_eq!(
+            c.refused(None, compact(vec![pack(1), pack(7)])).code(),
+            "Conflict"
+        );
+        c.system(compact(vec![pack(1), pack(2)])).unwrap();
+        let repo = c.state.repo(RepoKind::Space, "alice/app").unwrap();
+        assert_eq!(
+            repo.git.packs,
+            vec![pack(9), pack(3)],
+            "the pack pushed after the compaction read stays"
+        );
+    }
+
+    #[test]
     fn referenced_blobs_are_packs_lfs_objects_and_image_parts() {
         let mut c = scheduling::with_spaces(&["alice/app"], "cpu-basic");
         c.run(ALICE, push(None, Some('a'), build())).unwrap();

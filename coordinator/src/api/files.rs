@@ -885,6 +885,7 @@ async fn commit(
     )
     .await?;
     tracing::info!(repo = %target.id, commit = %id, "commit through the API");
+    super::git_http::compact_when_due(&api, kind, &target.id);
     let mut response = axum::Json(json!({
         "success": true,
         "commitOid": id,

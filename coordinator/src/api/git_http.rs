@@ -411,6 +411,7 @@ async fn push(
     {
         tracing::warn!(repo = %target.id, error = %format!("{e:#}"), "could not update the mirror after a push");
     }
+    compact_when_due(api, target.kind, &target.id);
     let mut messages: Vec<String> = checked
         .warnings
         .iter()
@@ -420,6 +421,45 @@ async fn push(
         messages.push(format!("{rewrite}: history rewritten (recorded)"));
     }
     Ok(messages)
+}
+
+/// Once a repo has gathered `COMPACT_AT` packs, packs its objects into one in the background and replaces
+/// them through Raft (the old pack blobs become garbage).
+pub(super) fn compact_when_due(api: &Api, kind: RepoKind, id: &str) {
+    let found = api.node.read_local(|s| {
+        s.repo(kind, id)
+            .filter(|r| r.git.packs.len() >= spacedock_coordinator_core::git::COMPACT_AT)
+            .map(|r| (r.uid.clone(), r.git.clone()))
+    });
+    let Some((uid, git)) = found else {
+        return;
+    };
+    let (api, id) = (api.clone(), id.to_owned());
+    tokio::spawn(async move {
+        let compacted = api.mirrors.compact(&uid, &git).await;
+        let result = match compacted {
+            Ok((replaced, pack)) => {
+                let n = replaced.len();
+                api.propose(
+                    None,
+                    Command::CompactPacks {
+                        kind,
+                        id: id.clone(),
+                        replaced,
+                        pack,
+                    },
+                )
+                .await
+                .map(|()| n)
+                .map_err(|e| e.message().to_owned())
+            }
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match result {
+            Ok(n) => tracing::info!(repo = %id, packs = n, "compacted the repo's packs into one"),
+            Err(e) => tracing::info!(repo = %id, error = %e, "compaction skipped"),
+        }
+    });
 }
 
 /// The push's answer: report-status (on side-band 1 when asked for) and messages on side-band 2.

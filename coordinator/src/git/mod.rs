@@ -70,6 +70,7 @@ impl Mirrors {
                     .with_context(|| format!("installing pack {digest}"))?;
             }
         }
+        remove_replaced_packs(&dir, &git.packs);
         if written.as_ref() != Some(&git.refs) {
             write_refs(&dir, &git.refs)?;
             *written = Some(git.refs.clone());
@@ -133,12 +134,59 @@ impl Mirrors {
         removed.len()
     }
 
+    /// Packs every object the refs of repo `uid` reach into one pack, stores it on a quorum, and returns the
+    /// packs it replaces with its digest, for a `CompactPacks` proposal.
+    pub async fn compact(&self, uid: &str, git: &RepoGit) -> anyhow::Result<(Vec<String>, String)> {
+        let mirror = self.sync(uid, git).await?;
+        let scratch = self.temp_dir()?;
+        let out = scratch.path().join("compact.pack");
+        let file = std::fs::File::create(&out)?;
+        let status = tokio::task::spawn_blocking(move || {
+            git_blocking(&mirror)
+                .args(["pack-objects", "--revs", "--all", "--stdout", "-q"])
+                .stdin(Stdio::null())
+                .stdout(file)
+                .stderr(Stdio::null())
+                .status()
+        })
+        .await
+        .context("packing")?
+        .context("starting git pack-objects")?;
+        if !status.success() {
+            bail!("git pack-objects failed for {uid}");
+        }
+        let store = self.blobs.store.clone();
+        let (digest, _) = tokio::task::spawn_blocking(move || store.put_file(&out)).await??;
+        self.blobs.replicate(&digest).await?;
+        Ok((git.packs.clone(), digest))
+    }
+
     /// A scratch directory under the mirrors' root, removed when dropped.
     pub fn temp_dir(&self) -> anyhow::Result<tempfile::TempDir> {
         tempfile::Builder::new()
             .prefix("work-")
             .tempdir_in(self.root.join("tmp"))
             .context("creating a scratch directory")
+    }
+}
+
+/// Removes the mirror's packs that are no longer the repo's (a compaction replaced them; every object they
+/// held that the refs reach is in the new pack).
+fn remove_replaced_packs(dir: &Path, packs: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir.join("objects/pack")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name
+            .strip_prefix("pack-")
+            .and_then(|n| n.strip_suffix(".pack").or_else(|| n.strip_suffix(".idx")))
+        else {
+            continue;
+        };
+        if hex.len() == 64 && !packs.iter().any(|p| p.ends_with(hex)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -184,6 +232,20 @@ pub fn git_in(cwd: &Path) -> tokio::process::Command {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("HOME", cwd)
         .kill_on_drop(true);
+    command
+}
+
+/// `git` on the bare repo at `dir`, for a blocking call.
+fn git_blocking(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new("git");
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", dir)
+        .env("GIT_DIR", dir);
     command
 }
 
