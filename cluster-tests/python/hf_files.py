@@ -16,7 +16,7 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from checks import PASSED, check, on_every_response
 
 ENDPOINT = os.environ["HF_ENDPOINT"].rstrip("/")
@@ -140,6 +140,11 @@ for repo_type in ["space", "model", "dataset"]:
     last = {path: expanded[path].last_commit.oid for path in ["new.txt", "src/a.txt", "README.md"]}
     check(f"{t}: tree entries' last commits", last == {"new.txt": ids[0], "src/a.txt": ids[1], "README.md": ids[2]}, last)
     check(f"{t}: the repo is as it was after the refusals", api.repo_info(repo_id, repo_type=t).sha == sha)
+
+# auth_check: the caller may read and write its own repo; a repo that is not there is RepositoryNotFound.
+api.auth_check("admin/files-model")
+api.auth_check("admin/files-model", write=True)
+check("auth_check on a missing repo", raises(RepositoryNotFoundError, lambda: api.auth_check("admin/nope")) is not None)
 
 # A .gitignore among the files decides what is left out.
 ignoring = work / "ignoring"

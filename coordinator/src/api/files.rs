@@ -62,6 +62,14 @@ pub fn routes() -> Router<Api> {
                 get(move |a, h, p| refs(a, h, p, kind)),
             )
             .route(
+                &format!("{api}/auth-check"),
+                get(move |a, h, p| auth_check(a, h, p, kind, false)),
+            )
+            .route(
+                &format!("{api}/auth-check/write"),
+                get(move |a, h, p| auth_check(a, h, p, kind, true)),
+            )
+            .route(
                 &format!("{api}/commits/{{rev}}"),
                 get(move |a, h, p, q| commits(a, h, p, q, kind)),
             )
@@ -475,6 +483,19 @@ async fn refs(
         "pullRequests": [],
         "rewrites": rewrites,
     })))
+}
+
+/// `auth_check`: 200 when the caller may read the repo (or, with `write`, write to it); otherwise the error
+/// reading or writing would get.
+async fn auth_check(
+    AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
+    Path(path): Path<(String, String)>,
+    kind: RepoKind,
+    write: bool,
+) -> Result<axum::Json<Value>, ApiError> {
+    target(&api, &headers, kind, path, write).await?;
+    Ok(axum::Json(json!({})))
 }
 
 #[derive(Debug, Deserialize)]
