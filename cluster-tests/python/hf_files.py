@@ -213,6 +213,18 @@ for path, whole in [("src/a.txt", b"a"), ("weights.bin", big)]:
             (response.status, dict(response.headers)),
         )
 
+# A cut LFS download resumes with a Range on the batch API's download URL, as git-lfs does.
+status, text = raw(
+    "POST",
+    "/admin/files-model.git/info/lfs/objects/batch",
+    json.dumps({"operation": "download", "objects": [{"oid": oid, "size": len(big)}]}).encode(),
+    "application/vnd.git-lfs+json",
+)
+href = json.loads(text)["objects"][0]["actions"]["download"]["href"]
+with urllib.request.urlopen(urllib.request.Request(href, headers={"Range": f"bytes={len(big) - 100}-"})) as response:
+    tail = response.read()
+    check("LFS: a download resumes from an offset", response.status == 206 and tail == big[-100:], response.status)
+
 # The tree pages through Link headers, each next URL carrying the cursor.
 url = ENDPOINT + "/api/models/admin/files-model/tree/main?recursive=true&limit=2"
 paged = []

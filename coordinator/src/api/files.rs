@@ -290,7 +290,7 @@ pub(super) async fn lfs_body(api: &Api, oid: &str, start: u64, end: u64) -> Resu
 }
 
 /// A single `Range: bytes=A-B` (or `A-`, or `-N`) as `[start, end)`; `Err` when it cannot be satisfied.
-fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(super) fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };

@@ -268,23 +268,41 @@ async fn verify(
     }
 }
 
+/// The object's bytes; a `Range` resumes a cut download (git-lfs asks for the rest of a partial file).
 async fn download(
     AxumState(api): AxumState<Api>,
+    headers: HeaderMap,
     Path(oid): Path<String>,
     Query(grant): Query<Grant>,
 ) -> Result<Response, Response> {
     check_grant(&api, &grant, "download", &oid).map_err(lfs_error)?;
-    let body = super::files::lfs_body(&api, &oid, 0, grant.size)
+    let size = grant.size;
+    let range = super::files::parse_range(&headers, size).map_err(|()| {
+        (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+        )
+            .into_response()
+    })?;
+    let (start, end) = range.unwrap_or((0, size));
+    let body = super::files::lfs_body(&api, &oid, start, end)
         .await
         .map_err(lfs_error)?;
-    Ok((
+    let mut response = (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, grant.size.to_string()),
+            (header::CONTENT_LENGTH, (end - start).to_string()),
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(response)
 }
 
 #[cfg(test)]
