@@ -399,11 +399,7 @@ async fn push(
     // Bring this coordinator's mirror along now; the others follow on their next request.
     let git = api
         .read(headers, |state, _| {
-            Ok(state
-                .repos
-                .values()
-                .find(|r| r.uid == target.uid)
-                .map(|r| r.git.clone()))
+            Ok(state.repo(target.kind, &target.id).map(|r| r.git.clone()))
         })
         .await;
     if let Ok(Some(git)) = git

@@ -136,29 +136,30 @@ impl Mirrors {
 
     /// Packs every object the refs of repo `uid` reach into one pack, stores it on a quorum, and returns the
     /// packs it replaces with its digest, for a `CompactPacks` proposal.
-    pub async fn compact(&self, uid: &str, git: &RepoGit) -> anyhow::Result<(Vec<String>, String)> {
-        let mirror = self.sync(uid, git).await?;
+    pub async fn compact(
+        &self,
+        uid: &str,
+        repo: &RepoGit,
+    ) -> anyhow::Result<(Vec<String>, String)> {
+        let mirror = self.sync(uid, repo).await?;
         let scratch = self.temp_dir()?;
         let out = scratch.path().join("compact.pack");
         let file = std::fs::File::create(&out)?;
-        let status = tokio::task::spawn_blocking(move || {
-            git_blocking(&mirror)
-                .args(["pack-objects", "--revs", "--all", "--stdout", "-q"])
-                .stdin(Stdio::null())
-                .stdout(file)
-                .stderr(Stdio::null())
-                .status()
-        })
-        .await
-        .context("packing")?
-        .context("starting git pack-objects")?;
+        let status = git(&mirror)
+            .args(["pack-objects", "--revs", "--all", "--stdout", "-q"])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .context("starting git pack-objects")?;
         if !status.success() {
             bail!("git pack-objects failed for {uid}");
         }
         let store = self.blobs.store.clone();
         let (digest, _) = tokio::task::spawn_blocking(move || store.put_file(&out)).await??;
         self.blobs.replicate(&digest).await?;
-        Ok((git.packs.clone(), digest))
+        Ok((repo.packs.clone(), digest))
     }
 
     /// A scratch directory under the mirrors' root, removed when dropped.
@@ -232,20 +233,6 @@ pub fn git_in(cwd: &Path) -> tokio::process::Command {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("HOME", cwd)
         .kill_on_drop(true);
-    command
-}
-
-/// `git` on the bare repo at `dir`, for a blocking call.
-fn git_blocking(dir: &Path) -> std::process::Command {
-    let mut command = std::process::Command::new("git");
-    command
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("HOME", dir)
-        .env("GIT_DIR", dir);
     command
 }
 
