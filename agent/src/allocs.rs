@@ -265,7 +265,7 @@ impl Runner {
         let mut descriptors = Vec::new();
         for layer in &a.layers {
             if !containerd.has_blob(&layer.digest).await? {
-                let path = self.fetcher.fetch(&layer.digest, layer.size).await?;
+                let path = self.fetcher.fetch(&layer.digest, Some(layer.size)).await?;
                 let bytes = tokio::fs::read(&path)
                     .await
                     .with_context(|| format!("reading {}", path.display()))?;

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateRequest, CreateTaskRequest,
@@ -312,6 +313,23 @@ impl Containerd {
                 Err(call("Tasks/Start")(s))
             }
         }
+    }
+
+    /// The mounts of snapshot `key` (a container's root: with overlayfs, its `upperdir` holds what the
+    /// container changed).
+    pub async fn mounts(&self, key: &str) -> Result<Vec<Mount>, ContainerdError> {
+        let request = MountsRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: key.to_owned(),
+        };
+        Ok(self
+            .client
+            .snapshots()
+            .mounts(self.request(request))
+            .await
+            .map_err(call("Snapshots/Mounts"))?
+            .into_inner()
+            .mounts)
     }
 
     /// Whether the content store holds the blob.

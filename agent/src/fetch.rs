@@ -1,5 +1,6 @@
-//! Fetching image blobs from the cluster over QUIC: any coordinator serves any blob (it asks its peers when it
-//! lacks one). Bytes go to `DATA_DIR/partial/HEX`, hashed as they arrive; a cut transfer resumes from the bytes
+//! Blobs to and from the cluster over QUIC: any coordinator serves any blob (it asks its peers when it lacks
+//! one); a builder's upload is acknowledged once a quorum holds it; `ask` sends one request (a builder's base
+//! image lookup). Bytes go to `DATA_DIR/partial/HEX`, hashed as they arrive; a cut transfer resumes from the bytes
 //! already there (even after an agent restart). The whole file must hash to the sha256 digest and have the
 //! image's size before it is used; a file that does not is deleted.
 
@@ -10,13 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use sha2::Digest as _;
-use spacedock_net::blob::recv_raw;
+use spacedock_net::blob::{recv_raw, send_raw};
 use spacedock_net::send;
 use spacedock_net::tls::{self, Identity};
-use spacedock_shared::wire::{self, BlobRequest, Role};
+use spacedock_shared::wire::{self, BlobPut, BlobRequest, Role};
 
 const ATTEMPTS: usize = 6;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Fetches blobs from the coordinators in `targets`.
 #[derive(Debug, Clone)]
@@ -24,6 +26,7 @@ pub struct Fetcher {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     targets: Vec<String>,
+    role: Role,
     name: String,
     dir: PathBuf,
 }
@@ -32,6 +35,7 @@ impl Fetcher {
     pub fn new(
         identity: &Identity,
         targets: Vec<String>,
+        role: Role,
         name: &str,
         data_dir: &Path,
     ) -> anyhow::Result<Fetcher> {
@@ -41,13 +45,15 @@ impl Fetcher {
             endpoint: quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))?,
             client_config: tls::client_config(identity)?,
             targets,
+            role,
             name: name.to_owned(),
             dir,
         })
     }
 
-    /// The blob's bytes (`size` of them), checked against its digest. The file is the caller's to delete.
-    pub async fn fetch(&self, digest: &str, size: u64) -> anyhow::Result<PathBuf> {
+    /// The blob's bytes (`size` of them, when the caller knows), checked against its digest. The file is the
+    /// caller's to delete.
+    pub async fn fetch(&self, digest: &str, size: Option<u64>) -> anyhow::Result<PathBuf> {
         let hex = digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -61,7 +67,7 @@ impl Fetcher {
             );
         }
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        if len != size {
+        if let Some(size) = size.filter(|s| *s != len) {
             let _ = std::fs::remove_file(&path);
             bail!("{digest} has {len} bytes, its image says {size}");
         }
@@ -124,15 +130,7 @@ impl Fetcher {
             connection,
             mut tx,
             mut rx,
-        } = spacedock_net::dial(
-            &self.endpoint,
-            &self.client_config,
-            target,
-            Role::Agent,
-            &self.name,
-            HANDSHAKE_TIMEOUT,
-        )
-        .await?;
+        } = self.open(target).await?;
         let request = BlobRequest {
             digest: digest.to_owned(),
             offset,
@@ -148,6 +146,90 @@ impl Fetcher {
         recv_raw(rx, expected(size), sink).await?;
         connection.close(0u32.into(), b"done");
         Ok(())
+    }
+
+    /// Dials `target` and opens a stream as this node.
+    async fn open(&self, target: &str) -> anyhow::Result<spacedock_net::Dialed> {
+        spacedock_net::dial(
+            &self.endpoint,
+            &self.client_config,
+            target,
+            self.role,
+            &self.name,
+            HANDSHAKE_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Sends one message on a new stream and returns the answer, trying each coordinator in turn.
+    pub async fn ask(&self, message: wire::Message) -> anyhow::Result<wire::Message> {
+        let mut errors = Vec::new();
+        for target in &self.targets {
+            let attempt = async {
+                let mut dialed = self.open(target).await?;
+                send(&mut dialed.tx, &message).await?;
+                let answer = dialed
+                    .rx
+                    .recv()
+                    .await?
+                    .ok_or_else(|| anyhow!("the stream ended without an answer"))?;
+                dialed.connection.close(0u32.into(), b"done");
+                anyhow::Ok(answer)
+            };
+            match tokio::time::timeout(ANSWER_TIMEOUT, attempt).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => errors.push(format!("{target}: {e:#}")),
+                Err(_) => errors.push(format!("{target}: no answer within {ANSWER_TIMEOUT:?}")),
+            }
+        }
+        bail!(
+            "no coordinator answered {}: {}",
+            message.name(),
+            errors.join("; ")
+        )
+    }
+
+    /// Whether the cluster holds blob `digest`, asked without moving its bytes.
+    pub async fn has(&self, digest: &str) -> anyhow::Result<bool> {
+        match self.ask(BlobRequest::probe(digest).into()).await? {
+            wire::Message::BlobHeader(h) => Ok(h.found),
+            other => bail!("unexpected answer to a blob probe: {}", other.name()),
+        }
+    }
+
+    /// Uploads the file at `path` as blob `digest`; returns once a quorum of coordinators holds it (the
+    /// coordinator checks the bytes against the digest).
+    pub async fn upload(&self, path: &Path, digest: &str) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for attempt in 0..ATTEMPTS {
+            let target = &self.targets[attempt % self.targets.len()];
+            let result = async {
+                let mut dialed = self.open(target).await?;
+                let mut file = tokio::fs::File::open(path)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let size = file.metadata().await?.len();
+                let put = BlobPut {
+                    digest: digest.to_owned(),
+                    size,
+                };
+                send(&mut dialed.tx, &put.into()).await?;
+                send_raw(&mut dialed.tx, &mut file, size).await?;
+                let answer = dialed.rx.recv().await?;
+                dialed.connection.close(0u32.into(), b"done");
+                match answer {
+                    Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
+                    Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
+                    other => Err(anyhow!("unexpected answer to an upload: {other:?}")),
+                }
+            }
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => errors.push(self.retry(digest, target, attempt, e).await),
+            }
+        }
+        bail!("cannot upload {digest}: {}", errors.join("; "))
     }
 }
 
@@ -247,16 +329,26 @@ mod tests {
         format!("sha256:{}", hex_string(&sha2::Sha256::digest(bytes)))
     }
 
+    fn fetcher(ca: &ClusterCa, addr: String, dir: &Path) -> Fetcher {
+        Fetcher::new(
+            &ca.issue("agent-a").unwrap(),
+            vec![addr],
+            Role::Agent,
+            "a",
+            dir,
+        )
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_cut_transfer_resumes_where_it_stopped() {
         let ca = ClusterCa::generate("fetch-test").unwrap();
         let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let (addr, offsets) = server(&ca, bytes.clone(), 1_000_000).await;
         let dir = tempfile::tempdir().unwrap();
-        let fetcher =
-            Fetcher::new(&ca.issue("agent-a").unwrap(), vec![addr], "a", dir.path()).unwrap();
+        let fetcher = fetcher(&ca, addr, dir.path());
         let path = fetcher
-            .fetch(&digest(&bytes), bytes.len() as u64)
+            .fetch(&digest(&bytes), Some(bytes.len() as u64))
             .await
             .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -276,11 +368,10 @@ mod tests {
         let bytes = vec![7u8; 100_000];
         let (addr, _) = server(&ca, bytes.clone(), 0).await;
         let dir = tempfile::tempdir().unwrap();
-        let fetcher =
-            Fetcher::new(&ca.issue("agent-a").unwrap(), vec![addr], "a", dir.path()).unwrap();
+        let fetcher = fetcher(&ca, addr, dir.path());
         let wanted = digest(b"something else");
         let err = fetcher
-            .fetch(&wanted, 100_000)
+            .fetch(&wanted, Some(100_000))
             .await
             .unwrap_err()
             .to_string();

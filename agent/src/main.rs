@@ -7,6 +7,7 @@ use clap::Parser;
 use spacedock_agent::config::AgentConfig;
 use spacedock_agent::{allocs, cdi, fetch, inventory, network, session};
 use spacedock_cli_common::{DaemonFlags, JoinFlags};
+use spacedock_shared::wire::Role;
 
 /// The spacedock node agent: joins the cluster over QUIC, reports inventory, runs Spaces with containerd.
 #[derive(Debug, Parser)]
@@ -61,39 +62,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     )? {
         return Ok(ExitCode::SUCCESS);
     }
-    if config.join.is_empty() {
-        anyhow::bail!(
-            "no coordinator to join: set `join` in the config or pass --join ADDR[,ADDR...]"
-        );
-    }
     let name = config
         .node_name
         .clone()
         .unwrap_or_else(inventory::host_name);
-    let token = match (&cli.join.token, &config.token_file) {
-        (Some(token), _) => Some(token.clone()),
-        (None, Some(file)) => Some(
-            std::fs::read_to_string(file)
-                .map_err(|e| {
-                    anyhow::anyhow!("reading the join token file {}: {e}", file.display())
-                })?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let identity = match session::load_identity(&config.data_dir)? {
-            Some(identity) => identity,
-            None => {
-                let token = token.ok_or_else(|| {
-                    anyhow::anyhow!("the first start needs a join token (--token or token_file)")
-                })?;
-                session::join(&config, &name, &token).await?
-            }
-        };
-        let fetcher = fetch::Fetcher::new(&identity, config.join.clone(), &name, &config.data_dir)?;
+        let identity = spacedock_net::identity::load_or_join(
+            &config.data_dir,
+            &config.join,
+            Role::Agent,
+            &name,
+            (cli.join.token.as_deref(), config.token_file.as_deref()),
+        )
+        .await?;
+        let fetcher = fetch::Fetcher::new(&identity, config.join.clone(), Role::Agent, &name, &config.data_dir)?;
         let subnet = network::Subnet::parse(&config.container_subnet)
             .map_err(|e| anyhow::anyhow!("container_subnet: {e}"))?;
         let xids = std::sync::Arc::new(inventory::XidCounts::default());

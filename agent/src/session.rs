@@ -3,14 +3,13 @@
 //! runner's reports, receiving the allocations to run, and reconnecting (following `NotLeader` redirects)
 //! whenever the link breaks.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
+use spacedock_net::send;
 use spacedock_net::tls::{self, Identity};
-use spacedock_net::{join, send};
-use spacedock_shared::wire::{self, AllocationStatus, Heartbeat, JoinRequest, RefuseCode, Role};
+use spacedock_shared::wire::{self, AllocationStatus, Heartbeat, RefuseCode, Role};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -22,79 +21,6 @@ use crate::{inventory, runtime};
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const INVENTORY_REFRESH: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn identity_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("identity")
-}
-
-/// The node's certificate, from an earlier join.
-pub fn load_identity(data_dir: &Path) -> anyhow::Result<Option<Identity>> {
-    let dir = identity_dir(data_dir);
-    if !dir.join("node.pem").exists() {
-        return Ok(None);
-    }
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .with_context(|| format!("reading {}", dir.join(name).display()))
-    };
-    Ok(Some(Identity {
-        chain_pem: read("node.pem")?,
-        key_pem: read("node.key")?,
-        ca_pem: read("ca.pem")?,
-    }))
-}
-
-fn save_identity(data_dir: &Path, identity: &Identity) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = identity_dir(data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    for (name, contents) in [
-        ("ca.pem", &identity.ca_pem),
-        ("node.key", &identity.key_pem),
-        ("node.pem", &identity.chain_pem),
-    ] {
-        let tmp = dir.join(format!("{name}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))?;
-    }
-    Ok(())
-}
-
-/// Joins the cluster with the token; the identity is written to the data dir.
-pub async fn join(config: &AgentConfig, name: &str, token: &str) -> anyhow::Result<Identity> {
-    let client = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-        .context("QUIC client endpoint")?;
-    let request = JoinRequest {
-        token: token.to_owned(),
-        role: Role::Agent,
-        node_id: 0,
-        name: name.to_owned(),
-        api_url: String::new(),
-        quic_addr: String::new(),
-    };
-    let pending = join::request(&client, &config.join, token, request).await?;
-    let reply = &pending.reply;
-    let identity = Identity {
-        chain_pem: reply.chain_pem.clone(),
-        key_pem: reply.key_pem.clone(),
-        ca_pem: reply.ca_pem.clone(),
-    };
-    save_identity(&config.data_dir, &identity)?;
-    println!(
-        "spacedock-agent: joined cluster {} as node {name}",
-        reply.cluster_id
-    );
-    Ok(identity)
-}
 
 /// Stays connected until the process stops: returns only on a refusal that retrying cannot fix. Assignments
 /// from the leader go to the runner; its reports go to the leader.
@@ -199,19 +125,10 @@ impl Link<'_> {
             &current_inventory(config, name, self.xids).await.into(),
         )
         .await?;
-        match tokio::time::timeout(TIMEOUT, rx.recv())
-            .await
-            .map_err(|_| anyhow!("no answer to the inventory"))??
-        {
-            Some(wire::Message::Registered(r)) => {
-                tracing::info!(node = r.node, coordinator = target, "registered")
-            }
-            Some(wire::Message::Refused(r)) if r.code == RefuseCode::NotLeader => {
-                return Ok(Outcome::Redirect(r.message));
-            }
-            Some(wire::Message::Refused(r)) => bail!("{:?}: {}", r.code, r.message),
-            other => bail!("unexpected answer to the inventory: {other:?}"),
+        if let Some(leader) = spacedock_net::registered(&mut rx, TIMEOUT, "the inventory").await? {
+            return Ok(Outcome::Redirect(leader));
         }
+        tracing::info!(node = name, coordinator = target, "registered");
         // A new leader may have missed reports: send where every allocation is.
         for status in self.runner.statuses() {
             send(&mut tx, &status.into()).await?;

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub struct BuilderConfig {
     /// Directory for the build cache and work trees.
     pub data_dir: PathBuf,
+    /// The builder's name in the cluster (its certificate says `builder-NAME`); the host name when unset.
+    pub name: Option<String>,
     /// QUIC addresses of coordinators to dial (any one is enough).
     pub join: Vec<String>,
     /// File holding the join token from `spacedock cluster join-token create` (read once, on first join).
@@ -22,6 +24,8 @@ pub struct BuilderConfig {
     pub extra_ca_certs: Vec<PathBuf>,
     /// Socket of the containerd that runs build steps.
     pub containerd_socket: PathBuf,
+    /// containerd namespace of the build steps' containers and snapshots.
+    pub containerd_namespace: String,
     /// Log filter in RUST_LOG syntax, used when RUST_LOG is not set.
     pub log: String,
 }
@@ -30,12 +34,14 @@ impl Default for BuilderConfig {
     fn default() -> Self {
         BuilderConfig {
             data_dir: PathBuf::from("/var/lib/spacedock/builder"),
+            name: None,
             join: Vec::new(),
             token_file: None,
             concurrency: 2,
             cache_budget_gib: 50,
             extra_ca_certs: Vec::new(),
             containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
+            containerd_namespace: "spacedock-builder".into(),
             log: "info".into(),
         }
     }
@@ -71,6 +77,7 @@ mod tests {
         config.validate().unwrap();
         let full = BuilderConfig {
             token_file: Some("x".into()),
+            name: Some("x".into()),
             ..Default::default()
         };
         let missing = spacedock_cli_common::undocumented_keys(&full, EXAMPLE).unwrap();

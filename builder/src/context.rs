@@ -54,6 +54,13 @@ fn output(mut command: Command, stdin: Option<&[u8]>) -> anyhow::Result<Vec<u8>>
     Ok(out.stdout)
 }
 
+/// Runs git in the repository at `repo` with `args`; its error output is the error.
+pub fn git_run(repo: &Path, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let mut command = git(repo);
+    command.args(args);
+    output(command, None)
+}
+
 /// Whether a symlink at `path` pointing to `target` stays inside the repo.
 fn stays_inside(path: &str, target: &str) -> bool {
     if target.starts_with('/') {

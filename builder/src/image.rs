@@ -91,6 +91,57 @@ pub fn config_json(settings: &Settings, diff_ids: &[String]) -> Vec<u8> {
     serde_json::to_vec(&image).unwrap_or_default()
 }
 
+/// The settings an image's OCI config leaves for a Dockerfile built on it (environment, command, entrypoint,
+/// working directory, user, exposed ports, labels).
+pub fn settings_from_config(bytes: &[u8]) -> Result<Settings, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("image config is not valid JSON: {e}"))?;
+    if value["rootfs"]["type"] != "layers" {
+        return Err("image config: rootfs.type is not `layers`".into());
+    }
+    let config = &value["config"];
+    let text = |key: &str| config[key].as_str().unwrap_or_default().to_owned();
+    let list = |key: &str| -> Vec<String> {
+        config[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let object_keys = |key: &str| -> Vec<(String, String)> {
+        config[key]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(Settings {
+        env: list("Env")
+            .into_iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((&kv, ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        workdir: text("WorkingDir"),
+        user: text("User"),
+        cmd: list("Cmd"),
+        entrypoint: list("Entrypoint"),
+        shell: list("Shell"),
+        exposed: object_keys("ExposedPorts")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect(),
+        labels: object_keys("Labels").into_iter().collect(),
+    })
+}
+
 /// A file's bytes in an image whose uncompressed layers (base first) are `layers`: the top layer that has it
 /// wins; an OCI whiteout (`.wh.NAME`, or `.wh..wh..opq` for a whole folder) above it hides it.
 pub fn read_file<R: std::io::Read>(layers: Vec<R>, path: &str) -> std::io::Result<Option<Vec<u8>>> {

@@ -340,12 +340,34 @@ impl Drop for Coordinator {
     }
 }
 
-/// A `spacedock-agent` process; killed when dropped.
+/// Writes a coordinator config adding the small `test-small` flavor (1 vCPU, 1 GiB) to the Hub's catalog into
+/// `dir`; returns its path for `--config`.
+pub fn test_flavors_config(dir: &Path) -> String {
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        r#"
+[flavors]
+include_defaults = true
+[[flavors.flavor]]
+name = "test-small"
+vcpu = 1
+memory_gib = 1
+disk_gib = 1
+price_per_hour = "0.01"
+"#,
+    )
+    .unwrap();
+    config.to_str().unwrap().to_owned()
+}
+
+/// A `spacedock-agent` (or `spacedock-builder`) process; killed when dropped.
 #[derive(Debug)]
 pub struct Agent {
     pub name: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    program: &'static str,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -370,11 +392,47 @@ impl Agent {
             name: name.to_owned(),
             log: dir.join(format!("{name}.log")),
             data_dir,
+            program: "spacedock-agent",
             args,
             child: None,
         };
         agent.spawn(token);
         agent
+    }
+
+    /// Starts builder `name` in `dir/name` (the suite's containerd runs its steps in `namespace`), dialing
+    /// `join`, with a join token on its first start.
+    pub fn start_builder(
+        dir: &Path,
+        name: &str,
+        join: &str,
+        token: Option<&str>,
+        namespace: &str,
+    ) -> Agent {
+        let data_dir = dir.join(name);
+        let containerd = test_containerd().to_string_lossy().into_owned();
+        let args = [
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--join",
+            join,
+            "--name",
+            name,
+            "--containerd-socket",
+            &containerd,
+            "--containerd-namespace",
+            namespace,
+        ];
+        let mut builder = Agent {
+            name: name.to_owned(),
+            log: dir.join(format!("{name}.log")),
+            data_dir: data_dir.clone(),
+            program: "spacedock-builder",
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+        };
+        builder.spawn(token);
+        builder
     }
 
     fn spawn(&mut self, token: Option<&str>) {
@@ -383,7 +441,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(binary("spacedock-agent"));
+        let mut cmd = Command::new(binary(self.program));
         cmd.args(&self.args);
         if let Some(token) = token {
             cmd.args(["--token", token]);
@@ -394,7 +452,7 @@ impl Agent {
             .stderr(file)
             .stdin(Stdio::null())
             .spawn()
-            .expect("spawning spacedock-agent");
+            .expect("spawning the agent or builder");
         self.child = Some(child);
     }
 
@@ -683,4 +741,79 @@ pub fn httpd_space(
         format!("/api/spaces/admin/{name}/image"),
         serde_json::json!({ "image": image, "port": 8080, "startupTimeout": 60 }),
     );
+}
+
+/// git through the real CLI, with no user or system config.
+pub mod git {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use crate::Coordinator;
+
+    /// A git command in `cwd` with no user or system config; returns (success, stdout + stderr).
+    pub fn git(cwd: &Path, args: &[&str]) -> (bool, String) {
+        git_with(cwd, args, "/dev/null")
+    }
+
+    /// `git` with `global` as the user config (git-lfs's filters live there).
+    pub fn git_with(cwd: &Path, args: &[&str], global: &str) -> (bool, String) {
+        let out = Command::new("git")
+            .current_dir(cwd)
+            .args(args)
+            .env("HOME", cwd)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", global)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .output()
+            .expect("running git");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn git_ok(cwd: &Path, args: &[&str]) -> String {
+        let (ok, text) = git(cwd, args);
+        assert!(ok, "git {args:?} failed:\n{text}");
+        text
+    }
+
+    /// `http://user:TOKEN@host/PATH` (or anonymous).
+    pub fn url(c: &Coordinator, token: Option<&str>, path: &str) -> String {
+        let host = c.api_url.trim_start_matches("http://");
+        match token {
+            Some(t) => format!("http://user:{t}@{host}/{path}"),
+            None => format!("http://{host}/{path}"),
+        }
+    }
+
+    pub fn clone(c: &Coordinator, token: Option<&str>, path: &str, into: &Path) -> PathBuf {
+        let into_str = into.to_str().unwrap();
+        git_ok(
+            into.parent().unwrap(),
+            &["clone", "-q", &url(c, token, path), into_str],
+        );
+        into.to_owned()
+    }
+
+    pub fn commit(repo: &Path, files: &[(&str, &[u8])], message: &str) -> String {
+        for (name, bytes) in files {
+            let path = repo.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        git_ok(repo, &["add", "-A"]);
+        git_ok(repo, &["commit", "-q", "-m", message]);
+        head(repo)
+    }
+
+    pub fn head(repo: &Path) -> String {
+        git_ok(repo, &["rev-parse", "HEAD"]).trim().to_owned()
+    }
 }

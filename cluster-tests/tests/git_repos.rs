@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: panics are how tests fail
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use spacedock_cluster_tests::git::{clone, commit, git, git_ok, git_with, head, url};
 use spacedock_cluster_tests::{Coordinator, api, http_get, http_get_headers};
 
 /// A user with a write token.
@@ -34,73 +35,6 @@ fn user(c: &Coordinator, admin: &str, name: &str) -> String {
 
 fn create(c: &Coordinator, token: &str, body: Value) {
     api(&c.api_url, token, "POST", "/api/repos/create", Some(body)).unwrap();
-}
-
-/// A git command in `cwd` with no user or system config; returns (success, stdout + stderr).
-fn git(cwd: &Path, args: &[&str]) -> (bool, String) {
-    git_with(cwd, args, "/dev/null")
-}
-
-/// `git` with `global` as the user config (git-lfs's filters live there).
-fn git_with(cwd: &Path, args: &[&str], global: &str) -> (bool, String) {
-    let out = Command::new("git")
-        .current_dir(cwd)
-        .args(args)
-        .env("HOME", cwd)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", global)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("running git");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn git_ok(cwd: &Path, args: &[&str]) -> String {
-    let (ok, text) = git(cwd, args);
-    assert!(ok, "git {args:?} failed:\n{text}");
-    text
-}
-
-/// `http://user:TOKEN@host/PATH` (or anonymous).
-fn url(c: &Coordinator, token: Option<&str>, path: &str) -> String {
-    let host = c.api_url.trim_start_matches("http://");
-    match token {
-        Some(t) => format!("http://user:{t}@{host}/{path}"),
-        None => format!("http://{host}/{path}"),
-    }
-}
-
-fn clone(c: &Coordinator, token: Option<&str>, path: &str, into: &Path) -> PathBuf {
-    let into_str = into.to_str().unwrap();
-    git_ok(
-        into.parent().unwrap(),
-        &["clone", "-q", &url(c, token, path), into_str],
-    );
-    into.to_owned()
-}
-
-fn commit(repo: &Path, files: &[(&str, &[u8])], message: &str) -> String {
-    for (name, bytes) in files {
-        let path = repo.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
-    }
-    git_ok(repo, &["add", "-A"]);
-    git_ok(repo, &["commit", "-q", "-m", message]);
-    head(repo)
-}
-
-fn head(repo: &Path) -> String {
-    git_ok(repo, &["rev-parse", "HEAD"]).trim().to_owned()
 }
 
 fn runtime(c: &Coordinator, token: &str, id: &str) -> Value {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spacedock_cluster_tests::{
     Agent, ContainersGuard, Coordinator, api, busybox_image, busybox_image_with, http_get,
-    http_get_with, run, run_python, test_containerd,
+    http_get_with, run, run_python, test_containerd, test_flavors_config,
 };
 
 /// A coordinator with a small test flavor and one agent, both ready.
@@ -29,23 +29,10 @@ struct Cluster {
     _containers: ContainersGuard,
 }
 
-const FLAVORS: &str = r#"
-[flavors]
-include_defaults = true
-[[flavors.flavor]]
-name = "test-small"
-vcpu = 1
-memory_gib = 1
-disk_gib = 1
-price_per_hour = "0.01"
-"#;
-
 /// A temporary dir with the coordinator config that adds the test flavor.
 fn config_dir() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("coordinator.toml");
-    std::fs::write(&config, FLAVORS).unwrap();
-    let config = config.to_str().unwrap().to_owned();
+    let config = test_flavors_config(dir.path());
     (dir, config)
 }
 

@@ -56,7 +56,7 @@ async fn propose(node: &NodeHandle, command: Command) -> Result<(), crate::node:
 }
 
 /// The leader's QUIC address as this coordinator knows it (empty when no leader is known).
-fn leader_addr(node: &NodeHandle) -> String {
+pub fn leader_addr(node: &NodeHandle) -> String {
     let leader = node.status().leader;
     leader
         .and_then(|l| node.read_local(|s| s.members.get(&l).map(|m| m.quic_addr.clone())))

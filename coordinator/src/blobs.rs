@@ -507,11 +507,13 @@ impl Blobs {
     /// Answers a `BlobRequest` (from an agent or a peer): the header, then the bytes from the offset. A
     /// coordinator that lacks the blob asks its peers first, unless the request comes from a peer.
     pub async fn serve(&self, request: BlobRequest, tx: &mut quinn::SendStream, from_peer: bool) {
-        let mut opened = self.store.open(&request.digest, request.offset).await;
+        let probe = request.is_probe();
+        let offset = if probe { 0 } else { request.offset };
+        let mut opened = self.store.open(&request.digest, offset).await;
         if !from_peer && matches!(opened, Ok(None)) {
             // Missing or quarantined here: fetch a good copy from a peer.
             opened = match self.ensure(&request.digest).await {
-                Ok(_) => self.store.open(&request.digest, request.offset).await,
+                Ok(_) => self.store.open(&request.digest, offset).await,
                 Err(e) => Err(e),
             };
         }
@@ -548,24 +550,47 @@ impl Blobs {
         rx: FramedReader<quinn::RecvStream>,
         tx: &mut quinn::SendStream,
     ) {
-        let result = async {
-            let mut writer = self.store.writer(&put.digest)?;
-            recv_raw(rx, put.size, |bytes| writer.write(&bytes)).await?;
-            writer.finish()
-        }
-        .await;
-        let stored = match result {
-            Ok(_) => BlobStored {
-                ok: true,
-                message: String::new(),
-            },
-            Err(e) => BlobStored {
-                ok: false,
-                message: format!("{e:#}"),
-            },
-        };
-        let _ = send(tx, &stored.into()).await;
+        let result = self.store_received(&put, rx).await;
+        answer_stored(tx, result.map(|_| ())).await;
     }
+
+    /// Receives a blob a builder uploads and answers once a quorum of coordinators holds it.
+    pub async fn receive_replicated(
+        self: &Arc<Self>,
+        put: BlobPut,
+        rx: FramedReader<quinn::RecvStream>,
+        tx: &mut quinn::SendStream,
+    ) {
+        let result = match self.store_received(&put, rx).await {
+            Ok(_) => self.replicate(&put.digest).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        answer_stored(tx, result).await;
+    }
+
+    async fn store_received(
+        &self,
+        put: &BlobPut,
+        rx: FramedReader<quinn::RecvStream>,
+    ) -> anyhow::Result<u64> {
+        let mut writer = self.store.writer(&put.digest)?;
+        recv_raw(rx, put.size, |bytes| writer.write(&bytes)).await?;
+        writer.finish()
+    }
+}
+
+async fn answer_stored(tx: &mut quinn::SendStream, result: anyhow::Result<()>) {
+    let stored = match result {
+        Ok(()) => BlobStored {
+            ok: true,
+            message: String::new(),
+        },
+        Err(e) => BlobStored {
+            ok: false,
+            message: format!("{e:#}"),
+        },
+    };
+    let _ = send(tx, &stored.into()).await;
 }
 
 #[cfg(test)]

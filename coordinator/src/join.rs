@@ -52,6 +52,8 @@ pub struct Authority {
     pub links: std::sync::Arc<crate::links::Links>,
     /// `APPS_DOMAIN[:PORT]`, for the Spaces' `SPACE_HOST`.
     pub apps_host: String,
+    /// The log lines of builds this coordinator's builders sent (the leader's).
+    pub build_logs: std::sync::Arc<crate::builders::BuildLogs>,
 }
 
 /// Coordinator side: serves one `JoinRequest` stream.

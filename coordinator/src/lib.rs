@@ -5,6 +5,7 @@ pub mod activity;
 pub mod agents;
 pub mod api;
 pub mod blobs;
+pub mod builders;
 pub mod config;
 pub mod engine;
 pub mod git;

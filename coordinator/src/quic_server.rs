@@ -9,8 +9,8 @@ use spacedock_net::{FramedReader, accept_handshake, send};
 use spacedock_shared::wire::{self, RefuseCode, Refused, Role};
 use tracing::Instrument as _;
 
-use crate::agents;
 use crate::join::{self, Authority};
+use crate::{agents, builders};
 use crate::{peer, tls};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,9 +87,11 @@ async fn handle_stream(
             )
             .await
         }
-        (Role::Agent, Some(name)) if name.starts_with("agent-") => {
-            let node_name = name.trim_start_matches("agent-").to_owned();
-            agents::session(&authority, &node_name, connection, reader, tx).await
+        (Role::Agent, Some(name)) if let Some(node_name) = name.strip_prefix("agent-") => {
+            agents::session(&authority, node_name, connection, reader, tx).await
+        }
+        (Role::Builder, Some(name)) if let Some(builder) = name.strip_prefix("builder-") => {
+            builders::stream(&authority, builder, reader, tx).await
         }
         (_, None) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
             Ok(Ok(Some(wire::Message::JoinRequest(request)))) if request.role == hello.role => {

@@ -170,6 +170,7 @@ pub async fn run(
             Some(port) if port != 80 => format!("{}:{port}", config.apps_domain),
             _ => config.apps_domain.clone(),
         },
+        build_logs: Default::default(),
     };
     let activity = Arc::new(crate::activity::Activity::default());
     let kick = Arc::new(tokio::sync::Notify::new());
@@ -216,6 +217,7 @@ pub async fn run(
         links,
         activity: activity.clone(),
         scheduler_kick: kick,
+        build_logs: authority.build_logs.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await

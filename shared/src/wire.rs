@@ -230,7 +230,8 @@ pub struct Registered {
 }
 
 /// Asks for a blob's bytes from `offset` to its end (resuming a cut transfer). The answer is a `BlobHeader`,
-/// then the bytes, raw.
+/// then the bytes, raw. An `offset` of `u64::MAX` (`probe`) asks only whether the blob is there: the header
+/// comes alone.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BlobRequest {
     /// `sha256:HEX`.
@@ -239,6 +240,18 @@ pub struct BlobRequest {
 }
 
 impl BlobRequest {
+    /// Asks whether the cluster holds `digest`, with no bytes.
+    pub fn probe(digest: &str) -> BlobRequest {
+        BlobRequest {
+            digest: digest.to_owned(),
+            offset: u64::MAX,
+        }
+    }
+
+    pub fn is_probe(&self) -> bool {
+        self.offset == u64::MAX
+    }
+
     /// How many bytes answer this request for a blob of `size` bytes.
     pub fn bytes_of(&self, size: u64) -> u64 {
         size.saturating_sub(self.offset)
@@ -375,6 +388,90 @@ pub struct LogFollow {
     pub tail_bytes: u64,
 }
 
+/// A builder's session opens with this (and sends it again whenever its free slots change): the leader hands it
+/// up to `free_slots` builds.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BuilderReady {
+    pub name: String,
+    pub free_slots: u32,
+    /// The builds it works on (so a new leader renews their leases).
+    pub running: Vec<String>,
+}
+
+/// A build the leader handed to a builder (claimed for it through Raft): the commit of a Space, the packs
+/// that hold its objects, and what the build may use.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BuildJob {
+    pub id: String,
+    /// `namespace/name`.
+    pub space_id: String,
+    pub commit: String,
+    /// `sha256:` digests of the git packs holding the commit's objects (blobs in the store).
+    pub packs: Vec<String>,
+    /// A factory rebuild: use no cached step.
+    pub no_cache: bool,
+    /// The Space's variables (build arguments).
+    pub variables: Vec<EnvVar>,
+    /// The Space's secrets (for `RUN --mount=type=secret`); never logged.
+    pub secrets: Vec<EnvVar>,
+}
+
+/// Lines of a build's log, as the builder writes them.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BuildLog {
+    pub build: String,
+    /// Whole lines, each ending in `\n`.
+    pub text: String,
+}
+
+/// Names of the images builds make start with this (`spaces/NS/NAME`, lowercased); they are not bases.
+pub const BUILT_IMAGE_PREFIX: &str = "spaces/";
+
+/// An image a build made: its config and layers are in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BuiltImage {
+    pub name: String,
+    /// `sha256:` digest of the OCI config.
+    pub config: String,
+    pub layers: Vec<Layer>,
+    pub port: u16,
+    pub startup_timeout_s: u64,
+}
+
+/// How a build ended, from its builder.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum BuildResult {
+    Built(BuiltImage),
+    /// `step` names the failing step and line (`Dockerfile:3 RUN`).
+    Failed {
+        step: String,
+        message: String,
+    },
+}
+
+/// A builder is done with a build.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BuildDone {
+    pub build: String,
+    pub result: BuildResult,
+}
+
+/// Asks for an image in the cluster's store by name (a base image); answered with `ImageReply`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ImageRequest {
+    pub name: String,
+}
+
+/// The image, or (when not `found`) the names the store has, so a missing base can list what is there.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ImageReply {
+    pub found: bool,
+    /// `sha256:` digest of the image's OCI config (a blob).
+    pub id: String,
+    pub layers: Vec<Layer>,
+    pub available: Vec<String>,
+}
+
 macro_rules! messages {
     ($($kind:literal => $variant:ident),+ $(,)?) => {
         /// Every message, by kind number. Numbers are never reused or renumbered.
@@ -443,6 +540,12 @@ messages! {
     22 => TunnelOpen,
     23 => Ready,
     24 => LogFollow,
+    25 => BuilderReady,
+    26 => BuildJob,
+    27 => BuildLog,
+    28 => BuildDone,
+    29 => ImageRequest,
+    30 => ImageReply,
 }
 
 /// Encodes a message as one frame.
@@ -599,6 +702,63 @@ mod tests {
             HeartbeatAck { seq: 7 }.into(),
             RaftBatch {
                 messages: vec![vec![1, 2, 3], vec![]],
+            }
+            .into(),
+            BuilderReady {
+                name: "b1".into(),
+                free_slots: 2,
+                running: vec!["b-0".into()],
+            }
+            .into(),
+            BuildJob {
+                id: "b-1".into(),
+                space_id: "ns/app".into(),
+                commit: "a".repeat(40),
+                packs: vec!["sha256:00".into()],
+                no_cache: true,
+                variables: vec![EnvVar {
+                    key: "K".into(),
+                    value: "v".into(),
+                }],
+                secrets: vec![],
+            }
+            .into(),
+            BuildLog {
+                build: "b-1".into(),
+                text: "Step 1/2\n".into(),
+            }
+            .into(),
+            BuildDone {
+                build: "b-1".into(),
+                result: BuildResult::Built(BuiltImage {
+                    name: "n".into(),
+                    config: "sha256:11".into(),
+                    layers: vec![Layer {
+                        digest: "sha256:22".into(),
+                        size: 3,
+                    }],
+                    port: 7860,
+                    startup_timeout_s: 1800,
+                }),
+            }
+            .into(),
+            BuildDone {
+                build: "b-2".into(),
+                result: BuildResult::Failed {
+                    step: "Dockerfile:3 RUN".into(),
+                    message: "exit code 1".into(),
+                },
+            }
+            .into(),
+            ImageRequest {
+                name: "busybox:latest".into(),
+            }
+            .into(),
+            ImageReply {
+                found: false,
+                id: String::new(),
+                layers: vec![],
+                available: vec!["python:3.10".into()],
             }
             .into(),
         ];

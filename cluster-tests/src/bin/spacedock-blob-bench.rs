@@ -53,7 +53,13 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
     let fetcher = runtime
         .block_on(async {
-            Fetcher::new(&identity, vec![c.quic_addr.clone()], "bench", work.path())
+            Fetcher::new(
+                &identity,
+                vec![c.quic_addr.clone()],
+                spacedock_shared::wire::Role::Agent,
+                "bench",
+                work.path(),
+            )
         })
         .unwrap();
     let size = mib << 20;
@@ -61,7 +67,9 @@ fn main() {
     // The agent's own path: parallel ranges over QUIC into a file, then the sha256 check.
     let quic = || {
         let started = Instant::now();
-        let path = runtime.block_on(fetcher.fetch(&digest, size)).unwrap();
+        let path = runtime
+            .block_on(fetcher.fetch(&digest, Some(size)))
+            .unwrap();
         let elapsed = started.elapsed();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
         std::fs::remove_file(path).unwrap();

@@ -569,6 +569,15 @@ pub fn apply(state: &mut State, envelope: &Envelope) -> Result<(), ApplyError> {
                 ));
             }
             check_image_name(&image.name)?;
+            if image
+                .name
+                .starts_with(spacedock_shared::wire::BUILT_IMAGE_PREFIX)
+            {
+                return Err(ApplyError::Forbidden(format!(
+                    "image names starting with `{}` are the builders' own",
+                    spacedock_shared::wire::BUILT_IMAGE_PREFIX
+                )));
+            }
             if image.layers.is_empty() {
                 return Err(ApplyError::invalid("layers", "an image needs a layer"));
             }

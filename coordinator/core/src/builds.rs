@@ -88,6 +88,23 @@ pub fn lost(state: &State, now: Millis) -> Vec<&Build> {
         .collect()
 }
 
+/// What a builder needs for build `id`: the Space, its commit, the packs holding its objects, its variables
+/// and secrets.
+pub fn job(state: &State, id: &str) -> Option<spacedock_shared::wire::BuildJob> {
+    let build = state.builds.get(id)?;
+    let repo = state.repos.get(&build.space)?;
+    let (variables, secrets) = repo.space.as_ref()?.env_vars();
+    Some(spacedock_shared::wire::BuildJob {
+        id: build.id.clone(),
+        space_id: repo.id.clone(),
+        commit: build.commit.clone(),
+        packs: repo.git.packs.clone(),
+        no_cache: build.factory,
+        variables,
+        secrets,
+    })
+}
+
 fn build_mut<'a>(state: &'a mut State, id: &str) -> Result<&'a mut Build, ApplyError> {
     state
         .builds
@@ -166,23 +183,46 @@ pub fn finish(
             image,
             port,
             startup_timeout_s,
+            built,
         } => {
-            let stored = state
-                .images
-                .get(image)
-                .ok_or_else(|| ApplyError::NotFound {
-                    what: "image",
-                    name: image.clone(),
-                })?;
             if *port == 0 || *startup_timeout_s == 0 {
                 return Err(ApplyError::invalid(
                     "outcome",
                     "a port and a startup timeout above 0",
                 ));
             }
+            let stored = match built {
+                Some(built) => {
+                    let prefix = spacedock_shared::wire::BUILT_IMAGE_PREFIX;
+                    if built.name != *image || !image.starts_with(prefix) {
+                        return Err(ApplyError::invalid(
+                            "outcome",
+                            format!("a built image is named `{prefix}...` and is the result"),
+                        ));
+                    }
+                    if built.layers.is_empty() {
+                        return Err(ApplyError::invalid("layers", "an image needs a layer"));
+                    }
+                    let mut built = built.clone();
+                    built.created_at = at;
+                    let id = built.id.clone();
+                    // Checked everything first: the state changes only from here on.
+                    state.images.insert(built.name.clone(), built);
+                    id
+                }
+                None => state
+                    .images
+                    .get(image)
+                    .ok_or_else(|| ApplyError::NotFound {
+                        what: "image",
+                        name: image.clone(),
+                    })?
+                    .id
+                    .clone(),
+            };
             Some(SpaceImage {
                 name: image.clone(),
-                id: stored.id.clone(),
+                id: stored,
                 port: *port,
                 startup_timeout_s: *startup_timeout_s,
             })

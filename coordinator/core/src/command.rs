@@ -315,11 +315,14 @@ pub enum Command {
 /// How a build ended.
 #[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum BuildOutcome {
-    /// The image (stored with `PutImage` first) and how to run it.
+    /// The image (stored with `PutImage` first, or `built` here) and how to run it.
     Succeeded {
         image: String,
         port: u16,
         startup_timeout_s: u64,
+        /// The image the build made, recorded with the result (its name must be `image`, under
+        /// `wire::BUILT_IMAGE_PREFIX`); its blobs were checked by the proposer.
+        built: Option<Image>,
     },
     Failed {
         step: String,

@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use spacedock_shared::flavor::{Flavor, describe};
-use spacedock_shared::wire::{Assignment, EnvVar};
+use spacedock_shared::wire::Assignment;
 
 use crate::command::{Command, ScheduleStep};
 use crate::error::ApplyError;
@@ -452,10 +452,7 @@ pub fn assignments(state: &State, node: &str, apps_host: &str) -> Vec<Assignment
                 .user(repo.namespace())
                 .map(|u| u.id.clone())
                 .unwrap_or_default();
-            let env = |key: &String, value: &str| EnvVar {
-                key: key.clone(),
-                value: value.to_owned(),
-            };
+            let (variables, secrets) = space.env_vars();
             Some(Assignment {
                 id: a.id.clone(),
                 space_id: repo.id.clone(),
@@ -474,16 +471,8 @@ pub fn assignments(state: &State, node: &str, apps_host: &str) -> Vec<Assignment
                 config: image.config.clone(),
                 port: chosen.port,
                 startup_timeout_s: chosen.startup_timeout_s,
-                variables: space
-                    .variables
-                    .iter()
-                    .map(|(k, v)| env(k, &v.value))
-                    .collect(),
-                secrets: space
-                    .secrets
-                    .iter()
-                    .map(|(k, s)| env(k, s.value.expose()))
-                    .collect(),
+                variables,
+                secrets,
             })
         })
         .collect()

@@ -299,6 +299,29 @@ pub struct SpaceState {
 pub const CPU_BASIC_SLEEP_SECONDS: i64 = 48 * 3600;
 
 impl SpaceState {
+    /// The Space's variables and its secrets, as handed to its containers and builds.
+    pub fn env_vars(
+        &self,
+    ) -> (
+        Vec<spacedock_shared::wire::EnvVar>,
+        Vec<spacedock_shared::wire::EnvVar>,
+    ) {
+        let env = |key: &String, value: &str| spacedock_shared::wire::EnvVar {
+            key: key.clone(),
+            value: value.to_owned(),
+        };
+        (
+            self.variables
+                .iter()
+                .map(|(k, v)| env(k, &v.value))
+                .collect(),
+            self.secrets
+                .iter()
+                .map(|(k, s)| env(k, s.value.expose()))
+                .collect(),
+        )
+    }
+
     /// Seconds idle before the Space sleeps: its own sleep time, cpu-basic's default, or `None` for never.
     pub fn effective_sleep_time(&self) -> Option<i64> {
         match self.sleep_time {

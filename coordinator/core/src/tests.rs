@@ -1717,7 +1717,8 @@ mod builds {
     use super::*;
     use crate::builds::{MAX_ATTEMPTS, lost, next};
     use crate::command::{BuildOutcome, RefUpdate, SpaceCommit};
-    use crate::state::BuildState;
+    use crate::state::{BuildState, Image};
+    use spacedock_shared::wire::{ImageConfig, Layer};
 
     fn push(c: &mut Cluster, old: Option<&str>, new: &str, build: &str) {
         c.run(
@@ -1805,12 +1806,14 @@ mod builds {
             image: "nope:1".into(),
             port: 7860,
             startup_timeout_s: 60,
+            built: None,
         };
         c.refused(None, finish("b1", "bx", unknown));
         let done = BuildOutcome::Succeeded {
             image: "demo:1".into(),
             port: 7860,
             startup_timeout_s: 60,
+            built: None,
         };
         assert_eq!(
             c.refused(Some(ALICE), finish("b1", "bx", done.clone()))
@@ -1828,6 +1831,58 @@ mod builds {
                 image: "demo:1".into()
             }
         );
+    }
+
+    #[test]
+    fn a_built_image_is_recorded_with_the_result_and_only_by_its_build() {
+        let (mut c, a, b) = setup();
+        let now = c.clock;
+        let built = |id: &str| Image {
+            name: "spaces/alice/app".into(),
+            id: id.into(),
+            config: ImageConfig::default(),
+            layers: vec![Layer {
+                digest: "sha256:l2".into(),
+                size: 20,
+            }],
+            created_at: 0,
+        };
+        let outcome = |image: Image| BuildOutcome::Succeeded {
+            image: "spaces/alice/app".into(),
+            port: 7860,
+            startup_timeout_s: 60,
+            built: Some(image),
+        };
+        // Users cannot store images under the builders' names.
+        let put = Command::PutImage {
+            image: built("sha256:x"),
+        };
+        assert_eq!(c.refused(Some(ALICE), put).code(), "Forbidden");
+        c.system(claim("b1", "bx", now + 60_000)).unwrap();
+        // A built image must be named as the result, under the builders' prefix.
+        let mut misnamed = built("sha256:c1");
+        misnamed.name = "demo:2".into();
+        let wrong = BuildOutcome::Succeeded {
+            image: "demo:2".into(),
+            port: 7860,
+            startup_timeout_s: 60,
+            built: Some(misnamed),
+        };
+        c.refused(None, finish("b1", "bx", wrong));
+        // A superseded build records nothing.
+        push(&mut c, Some(&a), &b, "b2");
+        c.refused(None, finish("b1", "bx", outcome(built("sha256:c1"))));
+        assert!(!c.state.images.contains_key("spaces/alice/app"));
+        c.system(claim("b2", "bx", now + 60_000)).unwrap();
+        c.system(finish("b2", "bx", outcome(built("sha256:c2"))))
+            .unwrap();
+        let image = space(&c).image.unwrap();
+        assert_eq!(
+            (image.name.as_str(), image.id.as_str()),
+            ("spaces/alice/app", "sha256:c2")
+        );
+        assert_eq!(c.state.images["spaces/alice/app"].created_at, c.clock);
+        assert_eq!(stage(&c).0, Stage::AppStarting);
     }
 
     #[test]

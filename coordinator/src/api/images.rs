@@ -227,16 +227,35 @@ async fn put_image(
 ) -> Result<JsonResponse<Value>, ApiError> {
     check_image_name(&body.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     writer(&api, &headers).await?;
+    let layers: Vec<Layer> = body
+        .layers
+        .iter()
+        .map(|l| Layer {
+            digest: l.digest.clone(),
+            size: l.size,
+        })
+        .collect();
+    let image = check_image(&api.blobs, &body.name, &body.config, &layers).await?;
+    let answer = image_json(&image);
+    api.write(&headers, Command::PutImage { image }).await?;
+    Ok(JsonResponse(answer))
+}
+
+/// The image record for a config blob and layers the store holds (fetched from peers where this coordinator
+/// lacks them); the config's `rootfs.diff_ids` must name exactly these layers, with their sizes.
+pub(crate) async fn check_image(
+    blobs: &crate::blobs::Blobs,
+    name: &str,
+    config: &str,
+    layers: &[Layer],
+) -> Result<Image, ApiError> {
     let missing = |digest: &str, e: anyhow::Error| {
         ApiError::bad_request(format!(
             "{digest} is not in the cluster's blob store; upload it first ({e:#})"
         ))
     };
-    api.blobs
-        .ensure(&body.config)
-        .await
-        .map_err(|e| missing(&body.config, e))?;
-    let bytes = match api.blobs.store.open(&body.config, 0).await {
+    blobs.ensure(config).await.map_err(|e| missing(config, e))?;
+    let bytes = match blobs.store.open(config, 0).await {
         Ok(Some((file, _))) => {
             let mut bytes = Vec::new();
             file.take(1 << 20)
@@ -245,21 +264,20 @@ async fn put_image(
                 .map_err(|e| internal(e.into()))?;
             bytes
         }
-        Ok(None) => return Err(missing(&body.config, anyhow::anyhow!("it was quarantined"))),
+        Ok(None) => return Err(missing(config, anyhow::anyhow!("it was quarantined"))),
         Err(e) => return Err(internal(e)),
     };
-    let (config, diff_ids) = parse_config(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("config {}: {e}", body.config)))?;
-    let layers: Vec<String> = body.layers.iter().map(|l| l.digest.clone()).collect();
-    if layers != diff_ids {
+    let (run_config, diff_ids) =
+        parse_config(&bytes).map_err(|e| ApiError::bad_request(format!("config {config}: {e}")))?;
+    let named: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+    if named != diff_ids {
         return Err(ApiError::bad_request(format!(
-            "layers {layers:?} are not the config's rootfs.diff_ids {diff_ids:?} (layers must be uncompressed \
+            "layers {named:?} are not the config's rootfs.diff_ids {diff_ids:?} (layers must be uncompressed \
              tars, bottom first)"
         )));
     }
-    for (i, layer) in body.layers.iter().enumerate() {
-        let size = api
-            .blobs
+    for (i, layer) in layers.iter().enumerate() {
+        let size = blobs
             .ensure(&layer.digest)
             .await
             .map_err(|e| missing(&layer.digest, e))?;
@@ -270,23 +288,13 @@ async fn put_image(
             )));
         }
     }
-    let image = Image {
-        name: body.name.clone(),
-        id: body.config.clone(),
-        config,
-        layers: body
-            .layers
-            .iter()
-            .map(|l| Layer {
-                digest: l.digest.clone(),
-                size: l.size,
-            })
-            .collect(),
+    Ok(Image {
+        name: name.to_owned(),
+        id: config.to_owned(),
+        config: run_config,
+        layers: layers.to_vec(),
         created_at: 0,
-    };
-    let answer = image_json(&image);
-    api.write(&headers, Command::PutImage { image }).await?;
-    Ok(JsonResponse(answer))
+    })
 }
 
 fn image_json(image: &Image) -> Value {

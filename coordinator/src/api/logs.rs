@@ -72,15 +72,20 @@ fn build_line(build: &Build) -> String {
     }
 }
 
-/// The build log of the Space's newest build: a line for each state it goes through, until it is done. (The
-/// builder's own output joins these lines once builders run.) A Space that was never built has an empty log.
+/// The build log of the Space's newest build: the builder's lines and a line for each state the build goes
+/// through, until it is done; from the leader, which the builders send their lines to. A Space that was never
+/// built has an empty log.
 async fn build_logs(
     AxumState(api): AxumState<Api>,
-    headers: HeaderMap,
     Path((ns, name)): Path<(String, String)>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let id = format!("{ns}/{name}");
-    visible(&api, &headers, &id).await?;
+    let (secrets, _) = visible(&api, request.headers(), &id).await?;
+    if api.node.status().role != "leader" {
+        // The builders' lines are on the leader.
+        return Ok(super::ingress::via_leader(&api, request).await);
+    }
     let key = spacedock_coordinator_core::state::repo_key(RepoKind::Space, &id);
     let newest = move |state: &spacedock_coordinator_core::State| {
         state
@@ -95,19 +100,30 @@ async fn build_logs(
     };
     let (events, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let node = api.node.clone();
+    let logs = api.build_logs.clone();
     tokio::spawn(async move {
         let mut last = None;
+        let mut offset = 0u64;
         let mut quiet = tokio::time::Instant::now();
         loop {
             let build = node
                 .read_local(|s| s.builds.get(&first.id).cloned())
                 .unwrap_or_else(|| first.clone());
+            let mut lines = Vec::new();
+            let (text, end) = logs.read_from(&build.id, offset);
+            offset = end;
+            lines.extend(text.lines().map(|l| redact(l, &secrets)));
             let line = build_line(&build);
             if last.as_ref() != Some(&line) {
-                if events.send(Ok(event(&line))).await.is_err() {
-                    return;
-                }
+                lines.push(line.clone());
                 last = Some(line);
+            }
+            if !lines.is_empty() {
+                for line in lines {
+                    if events.send(Ok(event(&line))).await.is_err() {
+                        return;
+                    }
+                }
                 quiet = tokio::time::Instant::now();
             } else if quiet.elapsed() >= KEEP_ALIVE {
                 if events
@@ -128,6 +144,15 @@ async fn build_logs(
     Ok(event_stream(Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(body),
     )))
+}
+
+/// A log line with the Space's secret values replaced by `***`.
+fn redact(line: &str, secrets: &[String]) -> String {
+    let mut text = line.to_owned();
+    for secret in secrets {
+        text = text.replace(secret.as_str(), "***");
+    }
+    text
 }
 
 /// The Space's secret values (for redaction) and its newest allocation's node and id, if the caller may see it.
@@ -211,10 +236,7 @@ async fn run_logs(
             pending.extend_from_slice(&chunk[..n]);
             while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=i).collect();
-                let mut text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                for secret in &secrets {
-                    text = text.replace(secret.as_str(), "***");
-                }
+                let text = redact(&String::from_utf8_lossy(&line[..line.len() - 1]), &secrets);
                 if events.send(Ok(event(&text))).await.is_err() {
                     return;
                 }

@@ -8,7 +8,7 @@
 mod cluster;
 mod files;
 mod git_http;
-mod images;
+pub(crate) mod images;
 mod ingress;
 mod json;
 mod lfs;
@@ -65,6 +65,8 @@ pub struct Api {
     pub activity: Arc<crate::activity::Activity>,
     /// Wakes the leader's scheduler for a pass now (a request woke a Space).
     pub scheduler_kick: Arc<tokio::sync::Notify>,
+    /// Builds' log lines from the builders connected here (the leader's).
+    pub build_logs: Arc<crate::builders::BuildLogs>,
     /// Wall clock in ms; a function so tests can pin it.
     pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }

@@ -5,6 +5,7 @@
 //! cluster's TLS material and configs (`tls`), and the joiner's side of the join protocol (`join`).
 
 pub mod blob;
+pub mod identity;
 pub mod join;
 pub mod tls;
 
@@ -223,6 +224,25 @@ pub async fn dial(
     });
     dial_handshake(&mut rx, &mut tx, role, &software, name, timeout).await?;
     Ok(Dialed { connection, tx, rx })
+}
+
+/// The leader's answer to a session's opening message (`opening` names it for errors): `Ok(None)` when the
+/// session is registered, `Ok(Some(addr))` when this coordinator is not the leader (the leader's QUIC address,
+/// empty when unknown); any other refusal is an error with its code.
+pub async fn registered(
+    rx: &mut FramedReader<quinn::RecvStream>,
+    timeout: Duration,
+    opening: &str,
+) -> anyhow::Result<Option<String>> {
+    let answer = tokio::time::timeout(timeout, rx.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer to {opening}"))??;
+    match answer {
+        Some(Message::Registered(_)) => Ok(None),
+        Some(Message::Refused(r)) if r.code == wire::RefuseCode::NotLeader => Ok(Some(r.message)),
+        Some(Message::Refused(r)) => anyhow::bail!("{:?}: {}", r.code, r.message),
+        other => anyhow::bail!("unexpected answer to {opening}: {other:?}"),
+    }
 }
 
 /// What `forward` hands over: each message read, until the stream ends or fails.

@@ -1,0 +1,579 @@
+//! One build, from a `BuildJob` to an image in the cluster's store: the commit's packs fetched into a local
+//! repo, its files as the build context (LFS files from the blob store), the README's config, then the
+//! Dockerfile (a Docker Space's own, or the one `sdk::dockerfile` writes for Gradio and Streamlit) planned
+//! and run step by step. A step whose cache key the cache knows reuses its layer; COPY/ADD layers are written
+//! here, RUN steps run in containerd (`run.rs`). The image's blobs go to the cluster (those it lacks), and the
+//! result names the config and layers for the leader to record.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use spacedock_agent::fetch::Fetcher;
+use spacedock_shared::flavor::Catalog;
+use spacedock_shared::space_config::{Sdk, SpaceConfig, validate_readme};
+use spacedock_shared::wire::{self, BuildJob, BuildResult, BuiltImage, EnvVar, ImageReply};
+use tokio::sync::mpsc;
+
+use crate::cache::Cache;
+use crate::context::BuildContext;
+use crate::dockerfile;
+use crate::layer::{Kind, Layer};
+use crate::plan::{Settings, Step};
+use crate::service::Report;
+
+/// Lines of the log's end that a failure's message carries.
+const TAIL_LINES: usize = 20;
+
+/// A build's log: each line goes to the leader (secret values replaced by `***`) and the last ones are kept
+/// for the failure message.
+#[derive(Debug)]
+pub struct Log {
+    build: String,
+    secrets: Vec<String>,
+    reports: mpsc::UnboundedSender<Report>,
+    tail: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Log {
+    pub fn new(build: &str, secrets: &[EnvVar], reports: mpsc::UnboundedSender<Report>) -> Log {
+        Log {
+            build: build.to_owned(),
+            secrets: secrets
+                .iter()
+                .map(|s| s.value.clone())
+                .filter(|v| v.len() >= 3)
+                .collect(),
+            reports,
+            tail: Default::default(),
+        }
+    }
+
+    /// Sends whole lines (redacted).
+    pub fn lines(&self, text: &str) {
+        let mut out = String::new();
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        for line in text.lines() {
+            let mut line = line.to_owned();
+            for secret in &self.secrets {
+                line = line.replace(secret.as_str(), "***");
+            }
+            out.push_str(&line);
+            out.push('\n');
+            tail.push_back(line);
+            if tail.len() > TAIL_LINES {
+                tail.pop_front();
+            }
+        }
+        if !out.is_empty() {
+            let log = wire::BuildLog {
+                build: self.build.clone(),
+                text: out,
+            };
+            let _ = self.reports.send(Report::Send(log.into()));
+        }
+    }
+
+    pub fn line(&self, line: impl AsRef<str>) {
+        self.lines(line.as_ref());
+    }
+
+    fn tail(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Why a build failed: the step (`Dockerfile:3 RUN`, `README.md`, `fetch`) and the reason.
+#[derive(Debug)]
+pub struct Failure {
+    pub step: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn at(step: impl Into<String>, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            step: step.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Context for a `Result`: fails at `step` with the error's chain.
+trait At<T> {
+    fn at(self, step: &str) -> Result<T, Failure>;
+}
+
+impl<T> At<T> for anyhow::Result<T> {
+    fn at(self, step: &str) -> Result<T, Failure> {
+        self.map_err(|e| Failure::at(step, format!("{e:#}")))
+    }
+}
+
+/// Where builds run.
+#[derive(Debug)]
+pub struct Builder {
+    pub data_dir: PathBuf,
+    pub cluster: Fetcher,
+    pub cache: Cache,
+    pub runner: crate::run::Runner,
+    /// One repo sync at a time (two builds of one Space share its repo).
+    repos: tokio::sync::Mutex<()>,
+}
+
+/// The image so far: its layers (in the cache) and settings.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub layers: Vec<Layer>,
+    pub settings: Settings,
+    /// The cache key of the image so far.
+    pub key: blake3::Hash,
+}
+
+impl Builder {
+    pub fn new(
+        data_dir: PathBuf,
+        cluster: Fetcher,
+        cache: Cache,
+        runner: crate::run::Runner,
+    ) -> Arc<Builder> {
+        Arc::new(Builder {
+            data_dir,
+            cluster,
+            cache,
+            runner,
+            repos: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs the job; never panics the session: every failure is a `Failed` result naming its step.
+    pub async fn build(&self, job: &BuildJob, log: &Log) -> BuildResult {
+        let started = Instant::now();
+        match self.try_build(job, log).await {
+            Ok(built) => {
+                log.line(format!(
+                    "built {} ({} layers) in {:.1}s",
+                    built.config,
+                    built.layers.len(),
+                    started.elapsed().as_secs_f64()
+                ));
+                BuildResult::Built(built)
+            }
+            Err(failure) => {
+                log.line(format!("error at {}: {}", failure.step, failure.message));
+                let tail = log.tail();
+                BuildResult::Failed {
+                    step: failure.step,
+                    message: format!("{}\n--- log tail ---\n{tail}", failure.message),
+                }
+            }
+        }
+    }
+
+    async fn try_build(&self, job: &BuildJob, log: &Log) -> Result<BuiltImage, Failure> {
+        let short = &job.commit[..job.commit.len().min(12)];
+        log.line(format!(
+            "building {} at {short}{}",
+            job.space_id,
+            if job.no_cache {
+                " without the cache"
+            } else {
+                ""
+            }
+        ));
+        let repo = self.sync_repo(job).await.at("fetch")?;
+        let commit = job.commit.clone();
+        let mut context =
+            tokio::task::spawn_blocking(move || crate::context::from_git(&repo, &commit))
+                .await
+                .map_err(|e| Failure::at("context", e))?
+                .at("context")?;
+        self.fill_lfs(&mut context).await.at("context")?;
+        let config = space_config(&context)?;
+        let dockerfile_text = match config.sdk {
+            Sdk::Docker => {
+                let bytes = file(&context, "Dockerfile")
+                    .ok_or_else(|| Failure::at("Dockerfile", "Dockerfile is not in the repo"))?;
+                String::from_utf8(bytes.to_vec())
+                    .map_err(|_| Failure::at("Dockerfile", "Dockerfile is not UTF-8 text"))?
+            }
+            Sdk::Gradio | Sdk::Streamlit => {
+                crate::sdk::dockerfile(&config, |p| file(&context, p).is_some())
+            }
+            Sdk::Static => {
+                return Err(Failure::at(
+                    "README.md",
+                    "static Spaces are served from their repo and need no build",
+                ));
+            }
+        };
+        let image = self
+            .dockerfile(job, &dockerfile_text, &context, log)
+            .await?;
+        let diff_ids: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+        let config_bytes = crate::image::config_json(&image.settings, &diff_ids);
+        let config_digest = self.cache.put(&config_bytes).at("image config")?;
+        self.push(
+            &image.layers,
+            &config_digest,
+            config_bytes.len() as u64,
+            log,
+        )
+        .await
+        .at("push")?;
+        Ok(BuiltImage {
+            name: format!(
+                "{}{}",
+                wire::BUILT_IMAGE_PREFIX,
+                job.space_id.to_ascii_lowercase()
+            ),
+            config: config_digest,
+            layers: image
+                .layers
+                .iter()
+                .map(|l| wire::Layer {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                })
+                .collect(),
+            port: config.app_port,
+            startup_timeout_s: config.startup_duration_timeout.as_secs().max(1),
+        })
+    }
+
+    /// The Space's repo here, holding every pack the job names.
+    async fn sync_repo(&self, job: &BuildJob) -> anyhow::Result<PathBuf> {
+        let _one = self.repos.lock().await;
+        let name = blake3::hash(job.space_id.to_ascii_lowercase().as_bytes()).to_hex();
+        let repo = self
+            .data_dir
+            .join("repos")
+            .join(format!("{}.git", &name[..32]));
+        if !repo.join("objects").exists() {
+            std::fs::create_dir_all(&repo)?;
+            let made = std::process::Command::new("git")
+                .args(["init", "--bare", "-q"])
+                .arg(&repo)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .context("starting git (is it installed?)")?;
+            anyhow::ensure!(
+                made.status.success(),
+                "git init: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            );
+        }
+        let packs = repo.join("objects/pack");
+        std::fs::create_dir_all(&packs)?;
+        for digest in &job.packs {
+            let hex = digest
+                .strip_prefix("sha256:")
+                .ok_or_else(|| anyhow!("`{digest}` is not a sha256 digest"))?;
+            if packs.join(format!("pack-{hex}.idx")).exists() {
+                continue;
+            }
+            let fetched = self.cluster.fetch(digest, None).await?;
+            let pack = packs.join(format!("tmp-{hex}.pack"));
+            let idx = packs.join(format!("tmp-{hex}.idx"));
+            std::fs::rename(&fetched, &pack)?;
+            let args = [
+                "index-pack",
+                "-o",
+                &idx.to_string_lossy(),
+                &pack.to_string_lossy(),
+            ];
+            crate::context::git_run(&repo, &args)
+                .with_context(|| format!("indexing pack {digest}"))?;
+            std::fs::rename(&pack, packs.join(format!("pack-{hex}.pack")))?;
+            std::fs::rename(&idx, packs.join(format!("pack-{hex}.idx")))?;
+        }
+        Ok(repo)
+    }
+
+    /// Puts the LFS objects' bytes in place of their pointer files.
+    async fn fill_lfs(&self, context: &mut BuildContext) -> anyhow::Result<()> {
+        for (path, oid, size) in context.lfs.clone() {
+            let digest = format!("sha256:{oid}");
+            let fetched = self
+                .cluster
+                .fetch(&digest, Some(size))
+                .await
+                .with_context(|| format!("{path}: LFS object {oid}"))?;
+            let bytes = std::fs::read(&fetched)?;
+            let _ = std::fs::remove_file(&fetched);
+            if let Some(entry) = context.entries.iter_mut().find(|e| e.path == path) {
+                entry.kind = Kind::File(bytes);
+            }
+        }
+        context.hash = crate::layer::entries_hash(&context.entries);
+        Ok(())
+    }
+
+    /// Builds the Dockerfile's last stage.
+    async fn dockerfile(
+        &self,
+        job: &BuildJob,
+        text: &str,
+        context: &BuildContext,
+        log: &Log,
+    ) -> Result<Image, Failure> {
+        let parsed = dockerfile::parse(text).map_err(|problems| {
+            let first = &problems[0];
+            Failure::at(
+                format!("Dockerfile:{}", first.line),
+                problems
+                    .iter()
+                    .map(|p| format!("Dockerfile:{}: {}", p.line, p.message))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        let stage = parsed
+            .stages
+            .last()
+            .ok_or_else(|| Failure::at("Dockerfile", "the Dockerfile has no FROM"))?;
+        let args: BTreeMap<String, String> = job
+            .variables
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect();
+        let mut globals: BTreeMap<String, String> = BTreeMap::new();
+        for (name, default) in &parsed.global_args {
+            if let Some(value) = args.get(name).cloned().or_else(|| default.clone()) {
+                globals.insert(name.clone(), value);
+            }
+        }
+        let from = dockerfile::expand(&stage.from, &globals);
+        let from_step = format!("Dockerfile:{} FROM", stage.line);
+        log.line(format!("FROM {from}"));
+        let base = self
+            .base(&from)
+            .await
+            .map_err(|e| Failure::at(&from_step, e))?;
+        let (steps, settings) = crate::plan::plan(
+            stage,
+            base.settings.clone(),
+            &args,
+            &context.entries,
+            base.key,
+        )
+        .map_err(|p| Failure::at(format!("Dockerfile:{}", p.line), p.message))?;
+        let mut image = base;
+        let total = steps.len();
+        for (i, step) in steps.iter().enumerate() {
+            let (line, what) = match step {
+                Step::Copy { line, .. } => (*line, "COPY"),
+                Step::Run { line, .. } => (*line, "RUN"),
+            };
+            let name = format!("Dockerfile:{line} {what}");
+            log.line(format!("step {}/{total}: {name}", i + 1));
+            let cached = if job.no_cache {
+                None
+            } else {
+                self.cache.step(&step.key())
+            };
+            let layer = match cached {
+                Some(layer) => {
+                    log.line(format!("  cached: {}", layer.digest));
+                    layer
+                }
+                None => {
+                    let started = Instant::now();
+                    let layer = self
+                        .execute(step, &image, job, log)
+                        .await
+                        .map_err(|e| Failure::at(&name, e))?;
+                    self.cache.record_step(&step.key(), &layer).at(&name)?;
+                    log.line(format!(
+                        "  made {} ({} bytes) in {:.1}s",
+                        layer.digest,
+                        layer.size,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    layer
+                }
+            };
+            image.layers.push(layer);
+            image.key = step.key();
+        }
+        image.settings = settings;
+        Ok(image)
+    }
+
+    async fn execute(
+        &self,
+        step: &Step,
+        image: &Image,
+        job: &BuildJob,
+        log: &Log,
+    ) -> anyhow::Result<Layer> {
+        match step {
+            Step::Copy {
+                entries,
+                chown,
+                unpack,
+                ..
+            } => {
+                if *unpack && entries.iter().any(|e| is_archive(&e.path)) {
+                    anyhow::bail!(
+                        "ADD of a local archive (unpacking it) is not supported; COPY it and unpack it in a RUN step"
+                    );
+                }
+                let (passwd, group) = match chown {
+                    Some(_) => (
+                        self.read(image, "etc/passwd")?,
+                        self.read(image, "etc/group")?,
+                    ),
+                    None => (String::new(), String::new()),
+                };
+                let (layer, bytes) =
+                    crate::image::copy_layer(entries, chown.as_deref(), &passwd, &group)
+                        .map_err(|e| anyhow!(e))?;
+                self.cache.put(&bytes)?;
+                Ok(layer)
+            }
+            Step::Run { .. } => {
+                let passwd = self.read(image, "etc/passwd")?;
+                let bytes = self
+                    .runner
+                    .run(step, image, &self.cache, &passwd, &job.secrets, log)
+                    .await?;
+                let digest = self.cache.put(&bytes)?;
+                Ok(Layer {
+                    digest,
+                    size: bytes.len() as u64,
+                })
+            }
+        }
+    }
+
+    /// A text file in the image so far (empty when absent).
+    fn read(&self, image: &Image, path: &str) -> anyhow::Result<String> {
+        let files = image
+            .layers
+            .iter()
+            .map(|l| {
+                let path = self.cache.path(&l.digest)?;
+                std::fs::File::open(&path)
+                    .with_context(|| format!("opening layer {}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let bytes = crate::image::read_file(files, path)?;
+        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+    }
+
+    /// A base image from the cluster's store, its layers and config in the cache.
+    async fn base(&self, name: &str) -> anyhow::Result<Image> {
+        let request = wire::ImageRequest {
+            name: name.to_owned(),
+        };
+        let reply = match self.cluster.ask(request.into()).await? {
+            wire::Message::ImageReply(reply) => reply,
+            other => anyhow::bail!("unexpected answer to an image request: {}", other.name()),
+        };
+        let ImageReply {
+            found,
+            id,
+            layers,
+            available,
+        } = reply;
+        if !found {
+            let listed = if available.is_empty() {
+                "the store has no images".to_owned()
+            } else {
+                format!("the store has: {}", available.join(", "))
+            };
+            anyhow::bail!(
+                "base image `{name}` is not in the cluster's image store ({listed}); add it with `spacedock image \
+                 import FILE` or `spacedock image bootstrap python --version X`"
+            );
+        }
+        let config_path = self.fetch_into_cache(&id, None).await?;
+        let config = std::fs::read(&config_path)?;
+        let settings = crate::image::settings_from_config(&config)
+            .map_err(|e| anyhow!("base image `{name}`: {e}"))?;
+        let mut cached = Vec::new();
+        for layer in layers {
+            self.fetch_into_cache(&layer.digest, Some(layer.size))
+                .await?;
+            cached.push(Layer {
+                digest: layer.digest,
+                size: layer.size,
+            });
+        }
+        Ok(Image {
+            layers: cached,
+            settings,
+            key: blake3::hash(id.as_bytes()),
+        })
+    }
+
+    async fn fetch_into_cache(&self, digest: &str, size: Option<u64>) -> anyhow::Result<PathBuf> {
+        let path = self.cache.path(digest)?;
+        let here = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if here.is_some() && (size.is_none() || here == size) {
+            return Ok(path);
+        }
+        let fetched = self.cluster.fetch(digest, size).await?;
+        self.cache.adopt(&fetched, digest)
+    }
+
+    /// Uploads the blobs the cluster lacks.
+    async fn push(
+        &self,
+        layers: &[Layer],
+        config: &str,
+        config_size: u64,
+        log: &Log,
+    ) -> anyhow::Result<()> {
+        let mut sent = 0u64;
+        let all = layers
+            .iter()
+            .map(|l| (l.digest.as_str(), l.size))
+            .chain(std::iter::once((config, config_size)));
+        for (digest, size) in all {
+            if self.cluster.has(digest).await? {
+                continue;
+            }
+            self.cluster
+                .upload(&self.cache.path(digest)?, digest)
+                .await?;
+            sent += size;
+        }
+        log.line(format!("pushed {sent} bytes to the cluster's store"));
+        Ok(())
+    }
+}
+
+fn is_archive(path: &str) -> bool {
+    [".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"]
+        .iter()
+        .any(|ext| path.ends_with(ext))
+}
+
+/// A regular file of the context.
+fn file<'a>(context: &'a BuildContext, path: &str) -> Option<&'a [u8]> {
+    context.entries.iter().find_map(|e| match &e.kind {
+        Kind::File(bytes) if e.path == path => Some(bytes.as_slice()),
+        _ => None,
+    })
+}
+
+/// The README's config; a README with errors fails the build at `README.md`.
+fn space_config(context: &BuildContext) -> Result<SpaceConfig, Failure> {
+    let readme = file(context, "README.md")
+        .ok_or_else(|| Failure::at("README.md", "README.md is missing"))?;
+    let report = validate_readme(readme, &Catalog::huggingface());
+    let problems = report
+        .errors()
+        .map(|p| p.render("README.md"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    report
+        .config
+        .ok_or_else(|| Failure::at("README.md", problems))
+}

@@ -1,0 +1,412 @@
+//! Builds end to end with real processes and the suite's containerd: a Docker Space pushed with git is built
+//! by a `spacedock-builder` (base from the cluster's image store, RUN steps in containerd, a secret mount,
+//! COPY --chown, ENV, CMD), run by an agent and answered through the ingress; an unchanged commit rebuilds to
+//! the same image from the cache; a one-file change remakes only the app layer; the secret is in no layer;
+//! failing builds end in BUILD_ERROR naming the step and line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: panics are how tests fail
+
+use std::io::Read as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use spacedock_cluster_tests::git::{clone, commit, git_ok};
+use spacedock_cluster_tests::{
+    Agent, ContainersGuard, Coordinator, api, busybox_image, http_get, run, test_flavors_config,
+};
+
+const SECRET: &str = "s3cr3t-build-token-value";
+
+/// A coordinator, an agent and a builder, with busybox imported as `busybox:latest`.
+struct Cluster {
+    dir: tempfile::TempDir,
+    c: Coordinator,
+    admin: String,
+    agent: Agent,
+    builder: Agent,
+    _containers: ContainersGuard,
+    _steps: ContainersGuard,
+}
+
+impl Cluster {
+    fn start(test: &str, subnet: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_flavors_config(dir.path());
+        let c = Coordinator::bootstrap_with(dir.path(), &["--config", &config]);
+        let admin = c.admin_token();
+        let join_token = |role: &str| {
+            api(
+                &c.api_url,
+                &admin,
+                "POST",
+                "/api/cluster/join-tokens",
+                Some(json!({ "role": role })),
+            )
+            .unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let namespace = format!("sdtest-{test}-{}", std::process::id());
+        let steps = format!("sdbuild-{test}-{}", std::process::id());
+        let agent = Agent::start(
+            dir.path(),
+            &format!("node-{test}"),
+            &c.quic_addr,
+            Some(&join_token("agent")),
+            &[
+                "--container-subnet",
+                subnet,
+                "--containerd-namespace",
+                &namespace,
+            ],
+        );
+        let builder = Agent::start_builder(
+            dir.path(),
+            &format!("builder-{test}"),
+            &c.quic_addr,
+            Some(&join_token("builder")),
+            &steps,
+        );
+        let archive = busybox_image(dir.path(), "busybox:latest", &["sh"], "base");
+        let out = run(
+            "spacedock",
+            &["image", "import", archive.to_str().unwrap()],
+            &[("HF_ENDPOINT", &c.api_url), ("HF_TOKEN", &admin)],
+        );
+        assert_eq!(out.code, Some(0), "{out:?}");
+        Cluster {
+            dir,
+            c,
+            admin,
+            agent,
+            builder,
+            _containers: ContainersGuard { namespace },
+            _steps: ContainersGuard { namespace: steps },
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        api(&self.c.api_url, &self.admin, method, path, body).unwrap()
+    }
+
+    /// Creates `admin/NAME` (docker, the test flavor, a secret and a variable) and clones it.
+    fn space(&self, name: &str) -> std::path::PathBuf {
+        let id = format!("admin/{name}");
+        self.call(
+            "POST",
+            "/api/repos/create",
+            Some(json!({ "type": "space", "name": name, "sdk": "docker" })),
+        );
+        self.call(
+            "POST",
+            &format!("/api/spaces/{id}/hardware"),
+            Some(json!({ "flavor": "test-small" })),
+        );
+        self.call(
+            "POST",
+            &format!("/api/spaces/{id}/secrets"),
+            Some(json!({ "key": "API_TOKEN", "value": SECRET })),
+        );
+        self.call(
+            "POST",
+            &format!("/api/spaces/{id}/variables"),
+            Some(json!({ "key": "GREETING", "value": "hello" })),
+        );
+        clone(
+            &self.c,
+            Some(&self.admin),
+            &format!("spaces/{id}"),
+            &self.dir.path().join(format!("clone-{name}")),
+        )
+    }
+
+    fn runtime(&self, id: &str) -> Value {
+        self.call("GET", &format!("/api/spaces/{id}/runtime"), None)
+    }
+
+    /// Waits for the Space to reach `stage`, failing at once on an error stage it was not waiting for.
+    fn wait_stage(&self, id: &str, stage: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let runtime = self.runtime(id);
+            if runtime["stage"] == stage {
+                return runtime;
+            }
+            let error = [
+                "BUILD_ERROR",
+                "RUNTIME_ERROR",
+                "CONFIG_ERROR",
+                "NO_APP_FILE",
+            ];
+            assert!(
+                !error.contains(&runtime["stage"].as_str().unwrap_or_default()),
+                "{id} is {runtime}, waiting for {stage}\nbuilder log:\n{}",
+                self.builder.log_text()
+            );
+            assert!(
+                started.elapsed() < limit,
+                "{id} not {stage} within {limit:?}: {runtime}\nbuilder log:\n{}\nagent log:\n{}",
+                self.builder.log_text(),
+                self.agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The stored image a Space runs: its id and layer digests.
+    fn image(&self, id: &str) -> (String, Vec<String>) {
+        let name = format!("spaces/{id}");
+        let images = self.call("GET", "/api/images", None);
+        let image = images
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no image {name} in {images}"))
+            .clone();
+        let layers = image["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect();
+        (image["id"].as_str().unwrap().to_owned(), layers)
+    }
+
+    /// The body of `GET path` (read to its end).
+    fn get(&self, path: &str) -> Vec<u8> {
+        let response = ureq::get(&format!("{}{path}", self.c.api_url))
+            .header("Authorization", &format!("Bearer {}", self.admin))
+            .call()
+            .unwrap();
+        let mut bytes = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        bytes
+    }
+
+    fn blob(&self, digest: &str) -> Vec<u8> {
+        self.get(&format!("/api/blobs/{digest}"))
+    }
+
+    /// The build log through the API (SSE events' `data`), until the build is done.
+    fn build_log(&self, id: &str) -> String {
+        let text = String::from_utf8(self.get(&format!("/api/spaces/{id}/logs/build"))).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .map(|v| v["data"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// Path, owner and bytes of each entry in a layer tar.
+fn layer_files(tar_bytes: &[u8]) -> Vec<(String, u64, Vec<u8>)> {
+    let mut archive = tar::Archive::new(tar_bytes);
+    let mut files = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        files.push((path, entry.header().uid().unwrap(), bytes));
+    }
+    files
+}
+
+const DOCKERFILE: &str = r#"FROM busybox:latest
+ARG GREETING=none
+RUN /bin/busybox --install -s /bin && mkdir -p /etc && echo 'user:x:1000:1000::/home/user:/bin/sh' > /etc/passwd && echo 'user:x:1000:' > /etc/group
+RUN --mount=type=secret,id=API_TOKEN,required=true wc -c < /run/secrets/API_TOKEN > /token-length && echo "greeting is $GREETING"
+USER user
+ENV PAGE_DIR=/home/user/app
+WORKDIR /home/user/app
+COPY --chown=user index.html ./
+EXPOSE 8000
+CMD ["httpd", "-f", "-p", "8000", "-h", "/home/user/app"]
+"#;
+
+const README: &[u8] = b"---\ntitle: Built\nsdk: docker\napp_port: 8000\n---\n";
+
+#[test]
+fn a_pushed_docker_space_is_built_run_and_rebuilt_from_its_cache() {
+    let cl = Cluster::start("docker", "10.91.0.0/24");
+    let id = "admin/built";
+    let repo = cl.space("built");
+    commit(
+        &repo,
+        &[
+            ("README.md", README),
+            ("Dockerfile", DOCKERFILE.as_bytes()),
+            ("index.html", b"<h1>built by spacedock</h1>\n"),
+        ],
+        "first",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    cl.wait_stage(id, "RUNNING", Duration::from_secs(180));
+    let (status, body) = http_get(&cl.c.api_url, "admin-built.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("built by spacedock"), "{body}");
+
+    // The build log: each step, the RUN's own output with the variable as a build argument.
+    let log = cl.build_log(id);
+    assert!(log.contains("step 1/3: Dockerfile:3 RUN"), "{log}");
+    assert!(log.contains("greeting is hello"), "{log}");
+    assert!(log.contains("step 3/3: Dockerfile:8 COPY"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+
+    // The image: the base layer and one per step; the secret reached the step but no layer holds it.
+    let (image_id, layers) = cl.image(id);
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    let (mut saw_length, mut saw_page) = (false, false);
+    for digest in &layers {
+        let bytes = cl.blob(digest);
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "layer {digest} holds the secret"
+        );
+        for (path, uid, content) in layer_files(&bytes) {
+            assert!(!path.starts_with("run/secrets/"), "{path} in {digest}");
+            if path == "token-length" {
+                assert_eq!(
+                    String::from_utf8_lossy(&content).trim(),
+                    SECRET.len().to_string()
+                );
+                saw_length = true;
+            }
+            if path == "home/user/app/index.html" {
+                assert_eq!(uid, 1000, "COPY --chown=user");
+                saw_page = true;
+            }
+        }
+    }
+    assert!(saw_length, "the secret was readable in its step");
+    assert!(saw_page);
+
+    // An unchanged tree (an empty commit) rebuilds from the cache to the same image.
+    commit_empty(&repo, "again");
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    wait_newer_build(&cl, id, &image_id, false);
+    let (same_id, same_layers) = cl.image(id);
+    assert_eq!(
+        same_id, image_id,
+        "an unchanged commit gives the same image"
+    );
+    assert_eq!(same_layers, layers);
+    let log = cl.build_log(id);
+    assert_eq!(log.matches("  cached: ").count(), 3, "{log}");
+
+    // A one-file change: only the COPY layer is made again.
+    commit(&repo, &[("index.html", b"<h1>changed</h1>\n")], "change");
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    wait_newer_build(&cl, id, &image_id, true);
+    let (new_id, new_layers) = cl.image(id);
+    assert_ne!(new_id, image_id);
+    assert_eq!(
+        new_layers[..3],
+        layers[..3],
+        "base and RUN layers are reused"
+    );
+    assert_ne!(new_layers[3], layers[3], "the COPY layer is new");
+    let log = cl.build_log(id);
+    assert_eq!(log.matches("  cached: ").count(), 2, "{log}");
+    assert_eq!(log.matches("  made ").count(), 1, "{log}");
+    cl.wait_stage(id, "RUNNING", Duration::from_secs(120));
+    let started = Instant::now();
+    loop {
+        let (_, body) = http_get(&cl.c.api_url, "admin-built.localhost", "/").unwrap();
+        if body.contains("changed") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{body}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn commit_empty(repo: &Path, message: &str) {
+    git_ok(repo, &["commit", "-q", "--allow-empty", "-m", message]);
+}
+
+/// Waits until the Space's newest build is done and its image recorded (a new image id when `changed`).
+fn wait_newer_build(cl: &Cluster, id: &str, old_image: &str, changed: bool) {
+    let started = Instant::now();
+    loop {
+        let info = cl.call("GET", &format!("/api/spaces/{id}"), None);
+        let runtime = &info["runtime"];
+        let done = !matches!(
+            runtime["stage"].as_str(),
+            Some("BUILDING" | "RUNNING_BUILDING")
+        );
+        if done {
+            assert_ne!(
+                runtime["stage"],
+                "BUILD_ERROR",
+                "{runtime}\n{}",
+                cl.builder.log_text()
+            );
+            let (image, _) = cl.image(id);
+            if !changed || image != old_image {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no new build done: {runtime}\n{}",
+            cl.builder.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn failing_builds_end_in_build_error_naming_the_step() {
+    let cl = Cluster::start("fail", "10.91.1.0/24");
+    let cases: [(&str, String, &[&str]); 4] = [
+        (
+            "runfails",
+            "FROM busybox:latest\nRUN echo about to fail && exit 3\n".to_owned(),
+            &["Dockerfile:2 RUN", "exited with code 3", "about to fail"],
+        ),
+        (
+            "nobase",
+            "FROM python:9.9\nCMD [\"true\"]\n".to_owned(),
+            &[
+                "Dockerfile:1 FROM",
+                "`python:9.9` is not in the cluster's image store",
+                "busybox:latest",
+            ],
+        ),
+        (
+            "badsyntax",
+            "FROM busybox:latest\nHEALTHCHECK CMD true\nCMD [\"true\"]\n".to_owned(),
+            &["Dockerfile:2", "HEALTHCHECK"],
+        ),
+        (
+            "outside",
+            "FROM busybox:latest\nCOPY ../etc/passwd /x\nCMD [\"true\"]\n".to_owned(),
+            &["Dockerfile:2", "outside the build context"],
+        ),
+    ];
+    for (name, dockerfile, expected) in &cases {
+        let repo = cl.space(name);
+        commit(
+            &repo,
+            &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
+            "broken",
+        );
+        git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+        let id = format!("admin/{name}");
+        let runtime = cl.wait_stage(&id, "BUILD_ERROR", Duration::from_secs(120));
+        let message = runtime["errorMessage"].as_str().unwrap_or_default();
+        for part in *expected {
+            assert!(message.contains(part), "{name}: `{part}` not in {message}");
+        }
+    }
+    // The builder kept going: nothing here crashed it.
+    assert!(!cl.builder.log_text().contains("panicked"));
+}
