@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=ops/lib.sh
 . ops/lib.sh
 
-ensure_debian_packages protobuf-compiler build-essential git ca-certificates containerd runc iproute2 busybox-static
+ensure_debian_packages protobuf-compiler build-essential git ca-certificates containerd runc iproute2 busybox-static debootstrap
 ensure_rust
 
 step "cargo build --release"

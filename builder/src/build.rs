@@ -201,7 +201,13 @@ impl Builder {
                     .map_err(|_| Failure::at("Dockerfile", "Dockerfile is not UTF-8 text"))?
             }
             Sdk::Gradio | Sdk::Streamlit => {
-                crate::sdk::dockerfile(&config, |p| file(&context, p).is_some())
+                let base = self.python_base(&config.python_version, log).await?;
+                let text = crate::sdk::dockerfile(&config, &base, |p| file(&context, p).is_some());
+                log.lines(&format!(
+                    "the {} Space's Dockerfile:\n{text}",
+                    config.sdk.as_str()
+                ));
+                text
             }
             Sdk::Static => {
                 return Err(Failure::at(
@@ -466,15 +472,46 @@ impl Builder {
         Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
     }
 
-    /// A base image from the cluster's store, its layers and config in the cache.
-    async fn base(&self, name: &str) -> anyhow::Result<Image> {
+    /// The Python base for `version`: `spacedock/python:VERSION`, else the nearest one the store has.
+    async fn python_base(&self, version: &str, log: &Log) -> Result<String, Failure> {
+        let wanted = crate::sdk::python_base(version);
+        let step = "README.md python_version";
+        let reply = self.image_reply(&wanted).await.at(step)?;
+        if reply.found {
+            return Ok(wanted);
+        }
+        match crate::sdk::nearest_python_base(version, &reply.available) {
+            Some(base) => {
+                log.line(format!(
+                    "python_version {version}: the store has no {wanted}; using {base}"
+                ));
+                Ok(base)
+            }
+            None => Err(Failure::at(
+                step,
+                format!(
+                    "base image `{wanted}` is not in the cluster's image store, nor another Python {major} \
+                     base; make one with `spacedock image bootstrap python --version 3.11` (3.9, 3.11 and \
+                     3.13 can be made)",
+                    major = version.split('.').next().unwrap_or(version)
+                ),
+            )),
+        }
+    }
+
+    async fn image_reply(&self, name: &str) -> anyhow::Result<ImageReply> {
         let request = wire::ImageRequest {
             name: name.to_owned(),
         };
-        let reply = match self.cluster.ask(request.into()).await? {
-            wire::Message::ImageReply(reply) => reply,
+        match self.cluster.ask(request.into()).await? {
+            wire::Message::ImageReply(reply) => Ok(reply),
             other => anyhow::bail!("unexpected answer to an image request: {}", other.name()),
-        };
+        }
+    }
+
+    /// A base image from the cluster's store, its layers and config in the cache.
+    async fn base(&self, name: &str) -> anyhow::Result<Image> {
+        let reply = self.image_reply(name).await?;
         let ImageReply {
             found,
             id,

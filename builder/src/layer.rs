@@ -103,9 +103,17 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
         sha: sha2::Sha256::new(),
         size: 0,
     });
+    // Whether some entry lies under `path`: the paths starting with `path` are one sorted run after it
+    // (siblings such as `a-b` and `a.txt` may come before `a/...`).
+    let has_children = |path: &str| {
+        by_path
+            .range::<str, _>((std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded))
+            .take_while(|(p, _)| p.starts_with(path))
+            .any(|(p, _)| p[path.len()..].starts_with('/'))
+    };
     for (path, entry) in &by_path {
         if let Kind::File(_) | Kind::Symlink(_) = entry.kind
-            && by_path.keys().any(|p| p.starts_with(&format!("{path}/")))
+            && has_children(path)
         {
             return Err(invalid(format!(
                 "layer path `{path}` is a file with entries under it"

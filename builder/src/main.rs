@@ -100,6 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket: config.containerd_socket.clone(),
             namespace: config.containerd_namespace.clone(),
             work: config.data_dir.join("steps"),
+            ca_bundle: spacedock_builder::run::write_ca_bundle(
+                &config.extra_ca_certs,
+                &config.data_dir.join("ca-certificates.crt"),
+            )?,
         };
         let builder = Builder::new(config.data_dir.clone(), cluster, cache, runner);
         tokio::select! {

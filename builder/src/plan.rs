@@ -155,6 +155,22 @@ fn copy_entries(
         let picked = select(context, &source)?;
         let single_file =
             picked.len() == 1 && picked[0].0.path == resolve("/", &source).trim_start_matches('/');
+        // A folder copied with --chown: the destination folder is the owner's too (as BuildKit does), so
+        // `WORKDIR /home/user/app` + `COPY --chown=user . /home/user/app` gives the user a writable app folder.
+        let folder = dest.trim_matches('/').to_owned();
+        if !single_file
+            && copy.chown.is_some()
+            && !folder.is_empty()
+            && !out.iter().any(|e: &Entry| e.path == folder)
+        {
+            out.push(Entry {
+                path: folder,
+                kind: crate::layer::Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+        }
         for (entry, inner) in picked {
             let target = if single_file && !into_dir {
                 dest.clone()

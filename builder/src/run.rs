@@ -3,8 +3,10 @@
 //! step's environment and its secret mounts (files under `/run/secrets` bound read-only for this step only),
 //! its output streamed to the build log. What the command changed, read from the container's overlayfs upper
 //! directory, becomes the step's layer: a reproducible tar (`layer::write`) with OCI whiteouts for deletions.
-//! Mount points runc makes (`/run/secrets`, an empty `/etc/resolv.conf`) are left out, so no secret and no
-//! host file reaches a layer.
+//! Mount points runc makes (`/run/secrets`, `/run/spacedock`, an empty `/etc/resolv.conf`) are left out, so
+//! no secret and no host file reaches a layer. The builder's extra CA certificates (for TLS-intercepting
+//! proxies) are bound at `/run/spacedock/ca-certificates.crt` with the variables TLS clients read pointing at
+//! them, for the step only.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
@@ -26,6 +28,17 @@ use crate::plan::Step;
 
 /// Where a step's secrets go inside its container.
 const SECRETS_DIR: &str = "run/secrets";
+/// Where the extra CA certificates go inside a step's container (never in a layer).
+const CA_BUNDLE: &str = "/run/spacedock/ca-certificates.crt";
+/// The variables that point TLS clients (OpenSSL, pip, requests, curl, git, Node) at a CA bundle.
+const CA_VARIABLES: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+];
 
 /// Runs RUN steps in containerd.
 #[derive(Debug, Clone)]
@@ -34,6 +47,33 @@ pub struct Runner {
     pub namespace: String,
     /// Scratch for logs and secret files.
     pub work: PathBuf,
+    /// The CA certificates build steps trust (for TLS-intercepting proxies), when configured.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Writes the extra CA certificates into one bundle at `out`; each file must hold PEM certificates.
+pub fn write_ca_bundle(files: &[PathBuf], out: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut bundle = String::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("extra_ca_certs: reading {}", file.display()))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            bail!(
+                "extra_ca_certs: {} holds no PEM certificate",
+                file.display()
+            );
+        }
+        bundle.push_str(text.trim_end());
+        bundle.push('\n');
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, bundle).with_context(|| format!("writing {}", out.display()))?;
+    Ok(Some(out.to_owned()))
 }
 
 /// Docker's default capabilities for build steps.
@@ -212,9 +252,18 @@ impl Runner {
                 "/etc/resolv.conf".to_owned(),
             ));
         }
+        let mut env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(bundle) = &self.ca_bundle {
+            binds.push((bundle.clone(), CA_BUNDLE.to_owned()));
+            for name in CA_VARIABLES {
+                if !env.iter().any(|e| e.starts_with(&format!("{name}="))) {
+                    env.push(format!("{name}={CA_BUNDLE}"));
+                }
+            }
+        }
         let run = RunSpec {
             argv: argv.clone(),
-            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env,
             cwd: workdir.clone(),
             uid,
             gid,
@@ -252,7 +301,7 @@ impl Runner {
             let skip: Vec<String> = secret_targets
                 .iter()
                 .cloned()
-                .chain([SECRETS_DIR.to_owned()])
+                .chain([SECRETS_DIR.to_owned(), "run/spacedock".to_owned()])
                 .collect();
             let entries =
                 tokio::task::spawn_blocking(move || changes(Path::new(&upper), &skip)).await??;

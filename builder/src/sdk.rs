@@ -12,12 +12,32 @@ pub fn python_base(version: &str) -> String {
     format!("spacedock/python:{version}")
 }
 
-/// The Dockerfile of a Gradio or Streamlit Space; `has` says whether the repo has a file.
-pub fn dockerfile(config: &SpaceConfig, has: impl Fn(&str) -> bool) -> String {
-    let mut lines = vec![
-        format!("FROM {}", python_base(&config.python_version)),
-        "USER root".to_owned(),
-    ];
+/// The base to use for Python `wanted` when the store has no `python_base(wanted)`, among the `available`
+/// image names: the same major version, the nearest newer minor first, else the nearest older one.
+pub fn nearest_python_base(wanted: &str, available: &[String]) -> Option<String> {
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let (major, minor) = v.split_once('.')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    };
+    let (major, minor) = parse(wanted)?;
+    let mut candidates: Vec<(u32, String)> = available
+        .iter()
+        .filter_map(|name| {
+            let (m, n) = parse(name.strip_prefix("spacedock/python:")?)?;
+            (m == major).then(|| (n, name.clone()))
+        })
+        .collect();
+    candidates.sort();
+    candidates
+        .iter()
+        .find(|(n, _)| *n >= minor)
+        .or_else(|| candidates.last())
+        .map(|(_, name)| name.clone())
+}
+
+/// The Dockerfile of a Gradio or Streamlit Space on `base`; `has` says whether the repo has a file.
+pub fn dockerfile(config: &SpaceConfig, base: &str, has: impl Fn(&str) -> bool) -> String {
+    let mut lines = vec![format!("FROM {base}"), "USER root".to_owned()];
     if has("packages.txt") {
         lines.push("COPY packages.txt /tmp/spacedock/packages.txt".into());
         lines.push(
@@ -55,13 +75,16 @@ pub fn dockerfile(config: &SpaceConfig, has: impl Fn(&str) -> bool) -> String {
         "COPY --chown=1000:1000 . /home/user/app".to_owned(),
     ]);
     match config.sdk {
-        Sdk::Streamlit => lines.push(format!(
+        Sdk::Streamlit => lines.extend([
+            "ENV STREAMLIT_BROWSER_GATHER_USAGE_STATS=false".to_owned(),
+            format!(
             "CMD [\"streamlit\", \"run\", \"{app}\", \"--server.port\", \"{port}\", \"--server.address\", \"0.0.0.0\", \
              \"--server.headless\", \"true\"]"
-        )),
+            ),
+        ]),
         _ => {
             lines.push(format!(
-                "ENV GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT={port}"
+                "ENV GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT={port} GRADIO_ANALYTICS_ENABLED=False"
             ));
             lines.push(format!("CMD [\"python\", \"{app}\"]"));
         }
@@ -87,7 +110,7 @@ mod tests {
         let c = config(
             "sdk: gradio\nsdk_version: 4.44.1\npython_version: \"3.11\"\napp_file: main.py\n",
         );
-        let text = dockerfile(&c, |p| p == "requirements.txt");
+        let text = dockerfile(&c, &python_base("3.11"), |p| p == "requirements.txt");
         let parsed = crate::dockerfile::parse(&text).unwrap();
         assert_eq!(parsed.stages[0].from, "spacedock/python:3.11");
         assert!(
@@ -103,9 +126,37 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_python_base_falls_back_to_the_nearest_newer_one() {
+        let names: Vec<String> = [
+            "busybox:latest",
+            "spacedock/python:3.9",
+            "spacedock/python:3.11",
+            "spacedock/python:3.13",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            nearest_python_base("3.10", &names).as_deref(),
+            Some("spacedock/python:3.11")
+        );
+        assert_eq!(
+            nearest_python_base("3.12", &names).as_deref(),
+            Some("spacedock/python:3.13")
+        );
+        assert_eq!(
+            nearest_python_base("3.14", &names).as_deref(),
+            Some("spacedock/python:3.13")
+        );
+        assert_eq!(nearest_python_base("2.7", &names), None);
+        assert_eq!(nearest_python_base("3.10", &names[..1]), None);
+    }
+
+    #[test]
     fn streamlit_runs_on_its_port_with_debian_packages_first() {
         let c = config("sdk: streamlit\n");
-        let text = dockerfile(&c, |p| p == "packages.txt" || p == "pre-requirements.txt");
+        let text = dockerfile(&c, "b", |p| {
+            p == "packages.txt" || p == "pre-requirements.txt"
+        });
         crate::dockerfile::parse(&text).unwrap();
         let apt = text.find("apt-get install").unwrap();
         let pre = text.find("pre-requirements.txt").unwrap();

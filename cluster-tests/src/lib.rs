@@ -361,6 +361,9 @@ price_per_hour = "0.01"
     config.to_str().unwrap().to_owned()
 }
 
+/// Debian's CA bundle (with any CA the machine's administrator added).
+pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// A `spacedock-agent` (or `spacedock-builder`) process; killed when dropped.
 #[derive(Debug)]
 pub struct Agent {
@@ -411,7 +414,7 @@ impl Agent {
     ) -> Agent {
         let data_dir = dir.join(name);
         let containerd = test_containerd().to_string_lossy().into_owned();
-        let args = [
+        let mut args = vec![
             "--data-dir",
             data_dir.to_str().unwrap(),
             "--join",
@@ -423,6 +426,10 @@ impl Agent {
             "--containerd-namespace",
             namespace,
         ];
+        // Build steps reach PyPI through whatever TLS proxy this machine trusts.
+        if Path::new(HOST_CA_BUNDLE).exists() {
+            args.extend(["--extra-ca-cert", HOST_CA_BUNDLE]);
+        }
         let mut builder = Agent {
             name: name.to_owned(),
             log: dir.join(format!("{name}.log")),

@@ -410,3 +410,76 @@ fn failing_builds_end_in_build_error_naming_the_step() {
     // The builder kept going: nothing here crashed it.
     assert!(!cl.builder.log_text().contains("panicked"));
 }
+
+#[test]
+fn a_gradio_space_is_built_on_a_bootstrapped_python_base() {
+    let cl = Cluster::start("gradio", "10.91.2.0/24");
+    // The base, from Debian packages (debootstrap), as `spacedock/python:3.11`.
+    let out = run(
+        "spacedock",
+        &["image", "bootstrap", "python", "--version", "3.11"],
+        &[("HF_ENDPOINT", &cl.c.api_url), ("HF_TOKEN", &cl.admin)],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("imported spacedock/python:3.11"),
+        "{out:?}"
+    );
+
+    // python_version 3.10 has no base here: the build says so and uses 3.11.
+    let id = "admin/echo";
+    let repo = cl.space("echo");
+    let readme =
+        b"---\ntitle: Echo\nsdk: gradio\nsdk_version: 4.44.1\npython_version: \"3.10\"\n---\n";
+    let app = br#"import os
+import gradio as gr
+import six
+
+def echo(text):
+    return f"{os.environ['SPACE_ID']} ({six.__name__}): {text}"
+
+gr.Interface(fn=echo, inputs="text", outputs="text", title="Echo").launch()
+"#;
+    commit(
+        &repo,
+        &[
+            ("README.md", readme),
+            ("app.py", app),
+            // gradio 4 imports what huggingface_hub 1.0 removed.
+            ("requirements.txt", b"six==1.16.0\nhuggingface_hub<1\n"),
+        ],
+        "gradio",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    cl.wait_stage(id, "RUNNING", Duration::from_secs(900));
+    let log = cl.build_log(id);
+    assert!(
+        log.contains("python_version 3.10: the store has no spacedock/python:3.10; using spacedock/python:3.11"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Successfully installed"),
+        "pip's output is in the log:\n{log}"
+    );
+    let (status, body) = http_get(&cl.c.api_url, "admin-echo.localhost", "/config").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"title\":\"Echo\""), "{body}");
+
+    // Changing the app rebuilds only the app layer: the pip step comes from the cache.
+    let (old_id, old_layers) = cl.image(id);
+    let changed = String::from_utf8(app.to_vec())
+        .unwrap()
+        .replace("title=\"Echo\"", "title=\"Echo 2\"");
+    commit(&repo, &[("app.py", changed.as_bytes())], "title");
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    wait_newer_build(&cl, id, &old_id, true);
+    let (_, layers) = cl.image(id);
+    let n = layers.len();
+    assert_eq!(
+        layers[..n - 1],
+        old_layers[..n - 1],
+        "only the app layer differs"
+    );
+    let log = cl.build_log(id);
+    assert_eq!(log.matches("  made ").count(), 1, "{log}");
+}

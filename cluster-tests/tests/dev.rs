@@ -69,6 +69,7 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
         (agents[0]["id"].as_str(), agents[1]["id"].as_str()),
         (Some("node-1"), Some("node-2"))
     );
+    assert_eq!(cluster["builders"][0]["id"], "builder-1", "{cluster}");
     let token_file = cluster["admin_token_file"].as_str().unwrap();
     let token = std::fs::read_to_string(token_file)
         .unwrap()
@@ -118,6 +119,9 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
         ContainersGuard {
             namespace: "spacedock-node-2".into(),
         },
+        ContainersGuard {
+            namespace: "spacedock-builder".into(),
+        },
     ];
     let started = Instant::now();
     while !output().contains("Open http://admin-hello.localhost:") {
@@ -149,6 +153,29 @@ fn dev_runs_and_stops_a_three_coordinator_cluster() {
         .and_then(|t| t.split("</title>").next())
         .unwrap();
     assert!(body.contains(title), "{body}");
+
+    // The Docker example was built by the builder from its Dockerfile and runs; the Gradio one needs a Python
+    // base this cluster does not have, and says so.
+    assert!(
+        output().contains(
+            "Space admin/docker-hello built; RUNNING: open http://admin-docker-hello.localhost:"
+        ),
+        "{}",
+        output()
+    );
+    let (status, body) = http_get(api_url, "admin-docker-hello.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("Hello from a Docker Space on spacedock"),
+        "{body}"
+    );
+    assert!(
+        output().contains(
+            "Space admin/gradio-echo: BUILD_ERROR: README.md python_version: base image `spacedock/python:3.11`"
+        ),
+        "{}",
+        output()
+    );
 
     // SIGTERM stops the command and every coordinator it started.
     Command::new("kill")

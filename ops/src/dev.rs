@@ -19,6 +19,8 @@ use crate::client::Client;
 
 /// How long a coordinator gets to come up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `--examples` waits for the built examples.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -48,14 +50,35 @@ pub struct ClusterFile {
     pub coordinators: Vec<ProcessEntry>,
     #[serde(default)]
     pub agents: Vec<AgentEntry>,
+    #[serde(default)]
+    pub builders: Vec<AgentEntry>,
 }
 
-/// One agent in `cluster.json`.
+/// One agent or builder in `cluster.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentEntry {
-    /// The agent's node name.
+    /// The agent's node name, or the builder's name.
     pub id: String,
     pub pid: u32,
+}
+
+fn node_name(r: &Running) -> String {
+    match r.kind {
+        "builder" => builder_name(r.entry.id),
+        _ => agent_name(r.entry.id),
+    }
+}
+
+/// The `cluster.json` entries of the running processes of one kind.
+fn node_entries(running: &[Running], kind: &str) -> Vec<AgentEntry> {
+    running
+        .iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| AgentEntry {
+            id: node_name(r),
+            pid: r.entry.pid,
+        })
+        .collect()
 }
 
 /// One process in `cluster.json`.
@@ -68,7 +91,7 @@ pub struct ProcessEntry {
 }
 
 struct Running {
-    /// `coordinator` or `agent`, for messages.
+    /// `coordinator`, `agent`, `builder` or `containerd`, for messages.
     kind: &'static str,
     entry: ProcessEntry,
     child: Child,
@@ -166,7 +189,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         admin_token_file: &admin_token_file,
         containerd_socket: socket.as_deref(),
     };
-    if let Err(e) = start_agents(args.agents, &agent_flags, &mut agents) {
+    let started = start_agents(args.agents, &agent_flags, &mut agents).and_then(|()| {
+        // Builds run their steps in containerd: a builder comes with the agents.
+        if args.agents > 0 {
+            agents.push(start_builder(&agent_flags)?);
+        }
+        Ok(())
+    });
+    if let Err(e) = started {
         stop(&mut agents);
         stop(&mut running);
         return Err(e);
@@ -179,21 +209,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .filter(|r| r.kind == "coordinator")
             .map(|r| r.entry.clone())
             .collect(),
-        agents: agents
-            .iter()
-            .map(|a| AgentEntry {
-                id: agent_name(a.entry.id),
-                pid: a.entry.pid,
-            })
-            .collect(),
+        agents: node_entries(&agents, "agent"),
+        builders: node_entries(&agents, "builder"),
     };
     for a in &agents {
+        let name = node_name(a);
         println!(
-            "  agent {} (pid {}, log {})",
-            agent_name(a.entry.id),
+            "  {} {name} (pid {}, log {})",
+            a.kind,
             a.entry.pid,
-            dir.join(format!("{}.log", agent_name(a.entry.id)))
-                .display()
+            dir.join(format!("{name}.log")).display()
         );
     }
     write_cluster_file(&dir.join("cluster.json"), &cluster)?;
@@ -220,7 +245,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(examples) = &args.examples {
         let admin = Client::new(&cluster.api_url, Some(read_token(&admin_token_file)?));
-        for (name, sdk) in example_spaces(examples)? {
+        if !agents.is_empty()
+            && let Err(e) = import_busybox_base(&admin, &dir)
+        {
+            println!("The base image busybox:latest could not be imported: {e:#}");
+        }
+        let examples_list = example_spaces(examples)?;
+        for (name, sdk) in &examples_list {
             let body = json!({ "name": name, "type": "space", "sdk": sdk });
             match admin.post("/api/repos/create", &body) {
                 Ok(_) => println!("Space admin/{name} ({sdk}) created"),
@@ -233,7 +264,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             let token = read_token(&admin_token_file)?;
-            match push_example(&cluster.api_url, &token, &name, &examples.join(&name), &dir) {
+            match push_example(&cluster.api_url, &token, name, &examples.join(name), &dir) {
                 Ok(()) => {
                     let info = admin.get(&format!("/api/spaces/admin/{name}"))?;
                     let stage = info["runtime"]["stage"].as_str().unwrap_or("?").to_owned();
@@ -248,6 +279,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if !agents.is_empty() {
+            let built: Vec<&str> = examples_list
+                .iter()
+                .filter(|(_, sdk)| sdk != "static")
+                .map(|(name, _)| name.as_str())
+                .collect();
+            wait_built(&admin, &built);
             match demo_space(&admin, &dir) {
                 Ok(host) => println!(
                     "Open {host}/ : admin/hello, a prebuilt-image Space running in a container"
@@ -267,6 +304,52 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     outcome?;
     println!("spacedock dev: stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `busybox:latest` in the cluster's image store, from this machine's busybox-static: the Docker example's
+/// base, so it builds without a registry.
+fn import_busybox_base(admin: &Client, dir: &Path) -> anyhow::Result<()> {
+    let busybox = std::fs::read("/bin/busybox")
+        .context("reading /bin/busybox (apt-get install busybox-static)")?;
+    let archive =
+        spacedock_shared::image::busybox_archive("busybox:latest", &busybox, &["sh"], &[])?;
+    let path = dir.join("busybox-base.tar");
+    std::fs::write(&path, archive).with_context(|| format!("writing {}", path.display()))?;
+    crate::image::import(admin, &path, None)
+}
+
+/// Waits for the built examples to run (or fail), printing each one's URL or reason.
+fn wait_built(admin: &Client, names: &[&str]) {
+    let started = Instant::now();
+    let mut waiting: Vec<&str> = names.to_vec();
+    while !waiting.is_empty() && started.elapsed() < BUILD_TIMEOUT {
+        waiting.retain(|name| {
+            let Ok(info) = admin.get(&format!("/api/spaces/admin/{name}")) else {
+                return true;
+            };
+            let stage = info["runtime"]["stage"].as_str().unwrap_or_default();
+            match stage {
+                "RUNNING" => {
+                    let host = info["host"].as_str().unwrap_or_default();
+                    println!("Space admin/{name} built; RUNNING: open {host}/");
+                    false
+                }
+                "BUILD_ERROR" | "RUNTIME_ERROR" | "CONFIG_ERROR" | "NO_APP_FILE" => {
+                    let message = info["runtime"]["errorMessage"].as_str().unwrap_or_default();
+                    let first = message.lines().next().unwrap_or_default();
+                    println!("Space admin/{name}: {stage}: {first}");
+                    false
+                }
+                _ => true,
+            }
+        });
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for name in waiting {
+        println!(
+            "Space admin/{name} is still building; see `spacedock` logs or GET /api/spaces/admin/{name}/logs/build"
+        );
+    }
 }
 
 /// `admin/hello`, a prebuilt-image Space made from this machine's busybox-static (busybox `httpd` serving one
@@ -401,6 +484,10 @@ fn example_spaces(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(spaces)
 }
 
+fn builder_name(i: u64) -> String {
+    format!("builder-{i}")
+}
+
 fn agent_name(i: u64) -> String {
     format!("node-{i}")
 }
@@ -470,77 +557,122 @@ fn start_containerd(dir: &Path) -> anyhow::Result<(PathBuf, Running)> {
 }
 
 /// Starts `n` agents joined to the coordinators and waits until each is a ready node.
+/// Starts a node process (`spacedock-agent` or `spacedock-builder`) named `name` with `args`, logging to
+/// `DIR/NAME.log`; on its first start (no identity in `data_dir` yet) it joins with a join token for `role`,
+/// made once and kept in `token`.
+fn spawn_node(
+    kind: &'static str,
+    (id, name): (u64, &str),
+    data_dir: &Path,
+    args: &[String],
+    flags: &AgentFlags<'_>,
+    token: &mut Option<String>,
+) -> anyhow::Result<Running> {
+    let binary = sibling(&format!("spacedock-{kind}"))?;
+    let join: Vec<String> = flags.plan.iter().map(|p| p.quic_addr.clone()).collect();
+    let mut command = Command::new(&binary);
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--join", &join.join(",")])
+        .args(args);
+    if let Some(socket) = flags.containerd_socket {
+        command.arg("--containerd-socket").arg(socket);
+    }
+    if !data_dir.join("identity").exists() {
+        if token.is_none() {
+            let admin = Client::new(
+                &flags.plan[0].api_url,
+                Some(read_token(flags.admin_token_file)?),
+            );
+            let created = admin.post(
+                "/api/cluster/join-tokens",
+                &json!({ "role": kind, "ttlSeconds": 600 }),
+            )?;
+            *token = Some(
+                created["token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("no join token in the answer"))?
+                    .to_owned(),
+            );
+        }
+        command.env("SPACEDOCK_JOIN_TOKEN", token.clone().unwrap_or_default());
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(flags.dir.join(format!("{name}.log")))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let entry = ProcessEntry {
+        id,
+        api_url: String::new(),
+        pid: child.id(),
+        quic_addr: String::new(),
+    };
+    Ok(Running { kind, entry, child })
+}
+
+/// The builder `builder-1`, running its build steps in the agents' containerd.
+fn start_builder(flags: &AgentFlags<'_>) -> anyhow::Result<Running> {
+    let name = builder_name(1);
+    let mut args = vec![
+        "--name".to_owned(),
+        name.clone(),
+        "--containerd-namespace".to_owned(),
+        "spacedock-builder".to_owned(),
+    ];
+    // Build steps trust what this machine trusts (a TLS-intercepting proxy's CA among them).
+    let host_bundle = "/etc/ssl/certs/ca-certificates.crt";
+    if Path::new(host_bundle).exists() {
+        args.extend(["--extra-ca-cert".to_owned(), host_bundle.to_owned()]);
+    }
+    spawn_node(
+        "builder",
+        (1, &name),
+        &flags.dir.join(&name),
+        &args,
+        flags,
+        &mut None,
+    )
+}
+
 fn start_agents(n: u64, flags: &AgentFlags<'_>, agents: &mut Vec<Running>) -> anyhow::Result<()> {
-    let AgentFlags {
-        dir,
-        plan,
-        admin_token_file,
-        containerd_socket,
-    } = *flags;
     if n == 0 {
         return Ok(());
     }
-    let binary = sibling("spacedock-agent")?;
-    let admin = Client::new(&plan[0].api_url, Some(read_token(admin_token_file)?));
-    let join: Vec<String> = plan.iter().map(|p| p.quic_addr.clone()).collect();
+    let admin = Client::new(
+        &flags.plan[0].api_url,
+        Some(read_token(flags.admin_token_file)?),
+    );
     let mut token = None;
     for i in 1..=n {
         let name = agent_name(i);
-        let data_dir = dir.join(&name);
-        let mut command = Command::new(&binary);
         // Agents on one machine share its containerd: each gets its own namespace and its own slice of
         // container addresses.
         let k = i - 1;
         let subnet = format!("10.{}.{}.0/20", 89 + k / 16, (k % 16) * 16);
-        command.arg("--data-dir").arg(&data_dir).args([
-            "--join",
-            &join.join(","),
-            "--node-name",
-            &name,
-            "--containerd-namespace",
-            &format!("spacedock-{name}"),
-            "--container-subnet",
-            &subnet,
-        ]);
-        if let Some(socket) = containerd_socket {
-            command.arg("--containerd-socket").arg(socket);
-        }
-        if !data_dir.join("identity").exists() {
-            if token.is_none() {
-                let created = admin.post(
-                    "/api/cluster/join-tokens",
-                    &json!({ "role": "agent", "ttlSeconds": 600 }),
-                )?;
-                token = Some(
-                    created["token"]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("no join token in the answer"))?
-                        .to_owned(),
-                );
-            }
-            command.env("SPACEDOCK_JOIN_TOKEN", token.clone().unwrap_or_default());
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{name}.log")))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let entry = ProcessEntry {
-            id: i,
-            api_url: String::new(),
-            pid: child.id(),
-            quic_addr: String::new(),
-        };
-        agents.push(Running {
-            kind: "agent",
-            entry,
-            child,
-        });
+        let args = [
+            "--node-name".to_owned(),
+            name.clone(),
+            "--containerd-namespace".to_owned(),
+            format!("spacedock-{name}"),
+            "--container-subnet".to_owned(),
+            subnet,
+        ];
+        let data_dir = flags.dir.join(&name);
+        agents.push(spawn_node(
+            "agent",
+            (i, &name),
+            &data_dir,
+            &args,
+            flags,
+            &mut token,
+        )?);
         let started = Instant::now();
         loop {
             let nodes = admin.get("/api/nodes").unwrap_or_default();
@@ -555,7 +687,7 @@ fn start_agents(n: u64, flags: &AgentFlags<'_>, agents: &mut Vec<Running>) -> an
             {
                 bail!(
                     "agent {name} exited ({status}) while joining; see {}",
-                    dir.join(format!("{name}.log")).display()
+                    flags.dir.join(format!("{name}.log")).display()
                 );
             }
             if started.elapsed() > READY_TIMEOUT {

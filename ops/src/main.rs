@@ -2,6 +2,7 @@
 //! `spacedock dev`, which runs a one-machine cluster.
 
 mod admin;
+mod bootstrap;
 mod client;
 mod config;
 mod dev;
@@ -96,6 +97,23 @@ enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a base image from Debian packages with debootstrap (as root) and import it.
+    #[command(subcommand)]
+    Bootstrap(BootstrapCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BootstrapCommand {
+    /// `spacedock/python:VERSION`, the base of Gradio and Streamlit Spaces: Debian's python3 with a venv at
+    /// /opt/venv and the user `user` (uid 1000).
+    Python {
+        /// The Python version (3.9, 3.11 or 3.13: the ones Debian releases ship).
+        #[arg(long)]
+        version: String,
+        /// The Debian mirror.
+        #[arg(long, default_value = bootstrap::DEFAULT_MIRROR)]
+        mirror: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +197,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Image(ImageCommand::List { json }) => {
             image::list(&client()?, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Bootstrap(BootstrapCommand::Python { version, mirror })) => {
+            let client = client()?;
+            bootstrap::release_for(&version)?;
+            bootstrap::python(&client, &version, &mirror).map(|_| ExitCode::SUCCESS)
         }
         Command::Usage {
             namespace,
