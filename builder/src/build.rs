@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use spacedock_agent::fetch::Fetcher;
 use spacedock_shared::flavor::Catalog;
-use spacedock_shared::space_config::{Sdk, SpaceConfig, validate_readme};
+use spacedock_shared::space_config::{Preload, Sdk, SpaceConfig, validate_readme};
 use spacedock_shared::wire::{self, BuildJob, BuildResult, BuiltImage, EnvVar, ImageReply};
 use tokio::sync::mpsc;
 
@@ -120,6 +120,8 @@ pub struct Builder {
     pub cluster: Fetcher,
     pub cache: Cache,
     pub runner: crate::run::Runner,
+    /// The Hub endpoint for `preload_from_hub` (else the cluster's own API, from the job).
+    pub hub_endpoint: Option<String>,
     /// One repo sync at a time (two builds of one Space share its repo).
     repos: tokio::sync::Mutex<()>,
 }
@@ -139,12 +141,14 @@ impl Builder {
         cluster: Fetcher,
         cache: Cache,
         runner: crate::run::Runner,
+        hub_endpoint: Option<String>,
     ) -> Arc<Builder> {
         Arc::new(Builder {
             data_dir,
             cluster,
             cache,
             runner,
+            hub_endpoint,
             repos: tokio::sync::Mutex::new(()),
         })
     }
@@ -155,11 +159,18 @@ impl Builder {
         match self.try_build(job, log).await {
             Ok(built) => {
                 log.line(format!(
-                    "built {} ({} layers) in {:.1}s",
+                    "built {} ({} layers) in {} ms",
                     built.config,
                     built.layers.len(),
-                    started.elapsed().as_secs_f64()
+                    started.elapsed().as_millis()
                 ));
+                // Past the cache's budget, the least recently used blobs go (this image's are spared).
+                let keep: Vec<String> = built.layers.iter().map(|l| l.digest.clone()).collect();
+                match self.cache.evict(&keep) {
+                    Ok(0) => {}
+                    Ok(freed) => tracing::info!(freed, "cache over its budget: evicted blobs"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cache eviction failed"),
+                }
                 BuildResult::Built(built)
             }
             Err(failure) => {
@@ -217,7 +228,13 @@ impl Builder {
             }
         };
         let image = self
-            .dockerfile(job, &dockerfile_text, &context, log)
+            .dockerfile(
+                job,
+                &dockerfile_text,
+                &context,
+                &config.preload_from_hub,
+                log,
+            )
             .await?;
         let diff_ids: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
         let config_bytes = crate::image::config_json(&image.settings, &diff_ids);
@@ -320,11 +337,13 @@ impl Builder {
     }
 
     /// Builds the Dockerfile's last stage.
+    /// Builds the Dockerfile's last stage on its base and the `preload_from_hub` layers.
     async fn dockerfile(
         &self,
         job: &BuildJob,
         text: &str,
         context: &BuildContext,
+        preloads: &[Preload],
         log: &Log,
     ) -> Result<Image, Failure> {
         let parsed = dockerfile::parse(text).map_err(|problems| {
@@ -356,10 +375,19 @@ impl Builder {
         let from = dockerfile::expand(&stage.from, &globals);
         let from_step = format!("Dockerfile:{} FROM", stage.line);
         log.line(format!("FROM {from}"));
-        let base = self
+        let mut base = self
             .base(&from)
             .await
             .map_err(|e| Failure::at(&from_step, e))?;
+        for preload in preloads {
+            let step = format!("README.md preload_from_hub {}", preload.repo_id);
+            let (layer, key) = self
+                .preload(job, preload, log)
+                .await
+                .map_err(|e| Failure::at(&step, format!("{e:#}")))?;
+            base.layers.push(layer);
+            base.key = crate::layer::step_key(Some(&base.key), "preload", &[key]);
+        }
         let (steps, settings) = crate::plan::plan(
             stage,
             base.settings.clone(),
@@ -455,6 +483,63 @@ impl Builder {
                 })
             }
         }
+    }
+
+    /// One `preload_from_hub` layer and its key: from the cache when the same repo, commit and files were
+    /// preloaded before (by any Space), else downloaded.
+    async fn preload(
+        &self,
+        job: &BuildJob,
+        preload: &Preload,
+        log: &Log,
+    ) -> anyhow::Result<(Layer, blake3::Hash)> {
+        let hub = crate::preload::Hub {
+            endpoint: self
+                .hub_endpoint
+                .clone()
+                .unwrap_or_else(|| job.hub_endpoint.clone()),
+            token: job
+                .secrets
+                .iter()
+                .find(|s| s.key == "HF_TOKEN")
+                .map(|s| s.value.clone()),
+        };
+        let resolved = {
+            let (hub, preload) = (hub.clone(), preload.clone());
+            tokio::task::spawn_blocking(move || hub.resolve(&preload)).await??
+        };
+        let key = resolved.key();
+        log.line(format!(
+            "preload_from_hub {} at {} ({} files)",
+            resolved.repo_id,
+            resolved.commit,
+            resolved.files.len()
+        ));
+        if !job.no_cache
+            && let Some(layer) = self.cache.step(&key)
+        {
+            log.line(format!("  cached: {}", layer.digest));
+            return Ok((layer, key));
+        }
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut files = Vec::new();
+            for path in &resolved.files {
+                let (etag, bytes) = hub.download(&resolved, path)?;
+                files.push((path.clone(), etag, bytes));
+            }
+            let mut bytes = Vec::new();
+            crate::layer::write(crate::preload::layout(&resolved, files), &mut bytes)?;
+            anyhow::Ok(bytes)
+        })
+        .await??;
+        let digest = self.cache.put(&bytes)?;
+        let layer = Layer {
+            digest,
+            size: bytes.len() as u64,
+        };
+        self.cache.record_step(&key, &layer)?;
+        log.line(format!("  made {} ({} bytes)", layer.digest, layer.size));
+        Ok((layer, key))
     }
 
     /// A text file in the image so far (empty when absent).

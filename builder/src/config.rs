@@ -26,6 +26,8 @@ pub struct BuilderConfig {
     pub containerd_socket: PathBuf,
     /// containerd namespace of the build steps' containers and snapshots.
     pub containerd_namespace: String,
+    /// Hugging Face-compatible endpoint `preload_from_hub` downloads from; the cluster's own API when unset.
+    pub hub_endpoint: Option<String>,
     /// Log filter in RUST_LOG syntax, used when RUST_LOG is not set.
     pub log: String,
 }
@@ -42,6 +44,7 @@ impl Default for BuilderConfig {
             extra_ca_certs: Vec::new(),
             containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
             containerd_namespace: "spacedock-builder".into(),
+            hub_endpoint: None,
             log: "info".into(),
         }
     }
@@ -78,6 +81,7 @@ mod tests {
         let full = BuilderConfig {
             token_file: Some("x".into()),
             name: Some("x".into()),
+            hub_endpoint: Some("x".into()),
             ..Default::default()
         };
         let missing = spacedock_cli_common::undocumented_keys(&full, EXAMPLE).unwrap();

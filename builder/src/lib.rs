@@ -9,6 +9,7 @@ pub use spacedock_shared::dockerfile;
 pub mod image;
 pub mod layer;
 pub mod plan;
+pub mod preload;
 pub mod run;
 pub mod sdk;
 pub mod service;

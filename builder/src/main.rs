@@ -105,7 +105,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &config.data_dir.join("ca-certificates.crt"),
             )?,
         };
-        let builder = Builder::new(config.data_dir.clone(), cluster, cache, runner);
+        runner.remove_leftovers().await;
+        let builder = Builder::new(
+            config.data_dir.clone(),
+            cluster,
+            cache,
+            runner,
+            config.hub_endpoint.clone(),
+        );
         tokio::select! {
             result = service::run(config.join.clone(), &name, &identity, config.concurrency, builder) => result,
             _ = tokio::signal::ctrl_c() => Ok(()),

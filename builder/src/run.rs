@@ -51,6 +51,30 @@ pub struct Runner {
     pub ca_bundle: Option<PathBuf>,
 }
 
+impl Runner {
+    /// Removes the step containers an earlier run of this builder left (it was killed mid-step): nothing
+    /// else uses the builder's namespace. An unreachable containerd is a warning here; steps will say more.
+    pub async fn remove_leftovers(&self) {
+        let containerd = match Containerd::connect(&self.socket, &self.namespace).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "containerd is not reachable; RUN steps will fail until it is");
+                return;
+            }
+        };
+        for id in containerd.containers().await.unwrap_or_default() {
+            let _ = containerd.kill(&id, 9).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), containerd.wait(&id)).await;
+            containerd.remove(&id).await;
+            tracing::info!(
+                container = id,
+                "removed a step container left by an earlier run"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
 /// Writes the extra CA certificates into one bundle at `out`; each file must hold PEM certificates.
 pub fn write_ca_bundle(files: &[PathBuf], out: &Path) -> anyhow::Result<Option<PathBuf>> {
     if files.is_empty() {

@@ -557,6 +557,27 @@ pub fn api(
     Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
+/// The whole body of `GET path` with the token (a blob, an event stream until the server ends it).
+pub fn api_bytes(base: &str, token: &str, path: &str) -> Vec<u8> {
+    let response = ureq::get(&format!("{base}{path}"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_body().into_reader(), &mut bytes).unwrap();
+    bytes
+}
+
+/// The `data` of each event of a Hub log stream (`data: {"data": "...", "timestamp": ...}`), as sent.
+pub fn sse_data(stream: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stream)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .map(|v| v["data"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// Writes a docker-archive (`docker save` layout) of a one-layer image: busybox-static as `/bin/busybox` with
 /// `/bin/sh`, `/www/index.html` holding `marker` (which also makes the layer unique), an empty `/home/user`,
 /// `PATH=/bin` and `cmd` as its command, tagged `name`. Returns the archive's path.

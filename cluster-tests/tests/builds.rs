@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spacedock_cluster_tests::git::{clone, commit, git_ok};
 use spacedock_cluster_tests::{
-    Agent, ContainersGuard, Coordinator, api, busybox_image, http_get, run, test_flavors_config,
+    Agent, ContainersGuard, Coordinator, api, api_bytes, busybox_image, http_get, run, sse_data,
+    test_flavors_config,
 };
 
 const SECRET: &str = "s3cr3t-build-token-value";
@@ -175,33 +176,36 @@ impl Cluster {
         (image["id"].as_str().unwrap().to_owned(), layers)
     }
 
-    /// The body of `GET path` (read to its end).
-    fn get(&self, path: &str) -> Vec<u8> {
-        let response = ureq::get(&format!("{}{path}", self.c.api_url))
-            .header("Authorization", &format!("Bearer {}", self.admin))
-            .call()
-            .unwrap();
-        let mut bytes = Vec::new();
-        response
-            .into_body()
-            .into_reader()
-            .read_to_end(&mut bytes)
-            .unwrap();
-        bytes
+    fn blob(&self, digest: &str) -> Vec<u8> {
+        api_bytes(
+            &self.c.api_url,
+            &self.admin,
+            &format!("/api/blobs/{digest}"),
+        )
     }
 
-    fn blob(&self, digest: &str) -> Vec<u8> {
-        self.get(&format!("/api/blobs/{digest}"))
+    /// The build log as it is now (the stream read for a moment).
+    fn build_log_so_far(&self, id: &str) -> String {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(1500)))
+            .build()
+            .into();
+        let Ok(response) = agent
+            .get(&format!("{}/api/spaces/{id}/logs/build", self.c.api_url))
+            .header("Authorization", &format!("Bearer {}", self.admin))
+            .call()
+        else {
+            return String::new();
+        };
+        let mut bytes = Vec::new();
+        let _ = response.into_body().into_reader().read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// The build log through the API (SSE events' `data`), until the build is done.
     fn build_log(&self, id: &str) -> String {
-        let text = String::from_utf8(self.get(&format!("/api/spaces/{id}/logs/build"))).unwrap();
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .map(|v| v["data"].as_str().unwrap_or_default().to_owned())
-            .collect()
+        let path = format!("/api/spaces/{id}/logs/build");
+        sse_data(&api_bytes(&self.c.api_url, &self.admin, &path)).concat()
     }
 }
 
@@ -298,6 +302,11 @@ fn a_pushed_docker_space_is_built_run_and_rebuilt_from_its_cache() {
         "an unchanged commit gives the same image"
     );
     assert_eq!(same_layers, layers);
+    assert_eq!(
+        cl.runtime(id)["stage"],
+        "RUNNING",
+        "the running Space is left alone"
+    );
     let log = cl.build_log(id);
     assert_eq!(log.matches("  cached: ").count(), 3, "{log}");
 
@@ -426,30 +435,45 @@ fn a_gradio_space_is_built_on_a_bootstrapped_python_base() {
         "{out:?}"
     );
 
-    // python_version 3.10 has no base here: the build says so and uses 3.11.
+    // A model repo on the cluster, preloaded into the Space's image.
+    clone_and_push(
+        &cl,
+        "admin/tiny",
+        &[
+            ("weights.txt", b"tiny weights v1\n"),
+            ("unused.txt", b"x\n"),
+        ],
+    );
+
+    // python_version 3.10 has no base here: the build says so and uses 3.11. The app reads the preloaded
+    // file offline (HF_HUB_OFFLINE=1, a Space variable).
     let id = "admin/echo";
-    let repo = cl.space("echo");
-    let readme =
-        b"---\ntitle: Echo\nsdk: gradio\nsdk_version: 4.44.1\npython_version: \"3.10\"\n---\n";
+    let readme = b"---\ntitle: Echo\nsdk: gradio\nsdk_version: 4.44.1\npython_version: \"3.10\"\npreload_from_hub:\n  - admin/tiny weights.txt\n---\n";
     let app = br#"import os
 import gradio as gr
 import six
+from huggingface_hub import hf_hub_download
+
+weights = open(hf_hub_download("admin/tiny", "weights.txt")).read().strip()
 
 def echo(text):
     return f"{os.environ['SPACE_ID']} ({six.__name__}): {text}"
 
-gr.Interface(fn=echo, inputs="text", outputs="text", title="Echo").launch()
+gr.Interface(fn=echo, inputs="text", outputs="text", title=f"Echo {weights}").launch()
 "#;
-    commit(
-        &repo,
-        &[
-            ("README.md", readme),
-            ("app.py", app),
-            // gradio 4 imports what huggingface_hub 1.0 removed.
-            ("requirements.txt", b"six==1.16.0\nhuggingface_hub<1\n"),
-        ],
-        "gradio",
+    let files: [(&str, &[u8]); 3] = [
+        ("README.md", readme),
+        ("app.py", app),
+        // gradio 4 imports what huggingface_hub 1.0 removed.
+        ("requirements.txt", b"six==1.16.0\nhuggingface_hub<1\n"),
+    ];
+    let repo = cl.space("echo");
+    cl.call(
+        "POST",
+        &format!("/api/spaces/{id}/variables"),
+        Some(json!({ "key": "HF_HUB_OFFLINE", "value": "1" })),
     );
+    commit(&repo, &files, "gradio");
     git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
     cl.wait_stage(id, "RUNNING", Duration::from_secs(900));
     let log = cl.build_log(id);
@@ -461,15 +485,43 @@ gr.Interface(fn=echo, inputs="text", outputs="text", title="Echo").launch()
         log.contains("Successfully installed"),
         "pip's output is in the log:\n{log}"
     );
+    assert!(log.contains("preload_from_hub admin/tiny at "), "{log}");
     let (status, body) = http_get(&cl.c.api_url, "admin-echo.localhost", "/config").unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"title\":\"Echo\""), "{body}");
+    assert!(
+        body.contains("\"title\":\"Echo tiny weights v1\""),
+        "{body}"
+    );
+
+    // A second Space with the same preload and requirements: the preload layer is the same blob, and
+    // only its own app layer is made.
+    let repo2 = cl.space("echo2");
+    cl.call(
+        "POST",
+        "/api/spaces/admin/echo2/variables",
+        Some(json!({ "key": "HF_HUB_OFFLINE", "value": "1" })),
+    );
+    let readme2 = String::from_utf8(readme.to_vec())
+        .unwrap()
+        .replace("title: Echo", "title: Echo two");
+    let mut files2 = files;
+    files2[0] = ("README.md", readme2.as_bytes());
+    commit(&repo2, &files2, "same preload");
+    git_ok(&repo2, &["push", "-q", "origin", "HEAD:main"]);
+    cl.wait_stage("admin/echo2", "RUNNING", Duration::from_secs(300));
+    let (_, first) = cl.image(id);
+    let (_, second) = cl.image("admin/echo2");
+    assert_eq!(first[1], second[1], "the preload layer is shared");
+    let n = first.len();
+    assert_eq!(first[..n - 1], second[..n - 1]);
+    let log = cl.build_log("admin/echo2");
+    assert_eq!(log.matches("  made ").count(), 1, "{log}");
 
     // Changing the app rebuilds only the app layer: the pip step comes from the cache.
     let (old_id, old_layers) = cl.image(id);
     let changed = String::from_utf8(app.to_vec())
         .unwrap()
-        .replace("title=\"Echo\"", "title=\"Echo 2\"");
+        .replace("title=f\"Echo {weights}\"", "title=\"Echo 2\"");
     commit(&repo, &[("app.py", changed.as_bytes())], "title");
     git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
     wait_newer_build(&cl, id, &old_id, true);
@@ -482,4 +534,76 @@ gr.Interface(fn=echo, inputs="text", outputs="text", title="Echo").launch()
     );
     let log = cl.build_log(id);
     assert_eq!(log.matches("  made ").count(), 1, "{log}");
+}
+
+/// Creates model repo `id` and pushes `files` to its main branch with git.
+fn clone_and_push(cl: &Cluster, id: &str, files: &[(&str, &[u8])]) {
+    let name = id.split_once('/').unwrap().1;
+    cl.call(
+        "POST",
+        "/api/repos/create",
+        Some(json!({ "type": "model", "name": name })),
+    );
+    let repo = clone(
+        &cl.c,
+        Some(&cl.admin),
+        id,
+        &cl.dir.path().join(format!("model-{name}")),
+    );
+    commit(&repo, files, "model");
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[test]
+fn a_build_whose_builder_is_killed_is_taken_by_another() {
+    let mut cl = Cluster::start("retry", "10.91.3.0/24");
+    let id = "admin/slow";
+    let repo = cl.space("slow");
+    let dockerfile = "FROM busybox:latest\nRUN echo step begins && /bin/busybox sleep 6\nCOPY index.html /www/\n\
+                      CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n";
+    commit(
+        &repo,
+        &[
+            ("README.md", README),
+            ("Dockerfile", dockerfile.as_bytes()),
+            ("index.html", b"<h1>survived</h1>\n"),
+        ],
+        "slow",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    let started = Instant::now();
+    while !cl.build_log_so_far(id).contains("step begins") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            cl.builder.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // kill -9 in the middle of the RUN step; another builder takes the build once its lease runs out.
+    cl.builder.kill();
+    let token = cl.call(
+        "POST",
+        "/api/cluster/join-tokens",
+        Some(json!({ "role": "builder" })),
+    );
+    let steps = format!("sdbuild-retry2-{}", std::process::id());
+    let second = Agent::start_builder(
+        cl.dir.path(),
+        "builder-second",
+        &cl.c.quic_addr,
+        token["token"].as_str(),
+        &steps,
+    );
+    let _steps = ContainersGuard { namespace: steps };
+    cl.wait_stage(id, "RUNNING", Duration::from_secs(120));
+    let log = cl.build_log(id);
+    assert!(
+        log.contains("taken by builder builder-second (attempt 2)"),
+        "{log}\n{}",
+        second.log_text()
+    );
+    let (status, body) = http_get(&cl.c.api_url, "admin-slow.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("survived"), "{body}");
 }

@@ -240,7 +240,10 @@ async fn session(
                         tracing::info!(builder = name, build = id, error = e, "could not claim a build");
                         break;
                     }
-                    let Some(job) = node.read_local(|s| builds::job(s, &id)) else { continue };
+                    let Some(mut job) = node.read_local(|s| builds::job(s, &id)) else { continue };
+                    job.hub_endpoint = authority.public_url.clone();
+                    let attempt = node.read_local(|s| s.builds.get(&id).map_or(0, |b| b.attempts));
+                    authority.build_logs.append(&id, &format!("taken by builder {name} (attempt {attempt})\n"));
                     tracing::info!(builder = name, build = id, space = job.space_id, "build handed out");
                     if send(&mut tx, &job.into()).await.is_err() {
                         break;

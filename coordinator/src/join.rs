@@ -52,6 +52,8 @@ pub struct Authority {
     pub links: std::sync::Arc<crate::links::Links>,
     /// `APPS_DOMAIN[:PORT]`, for the Spaces' `SPACE_HOST`.
     pub apps_host: String,
+    /// The URL clients reach the API at (builders download `preload_from_hub` repos from it).
+    pub public_url: String,
     /// The log lines of builds this coordinator's builders sent (the leader's).
     pub build_logs: std::sync::Arc<crate::builders::BuildLogs>,
 }

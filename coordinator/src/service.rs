@@ -171,6 +171,7 @@ pub async fn run(
             _ => config.apps_domain.clone(),
         },
         build_logs: Default::default(),
+        public_url: config.public_url.trim_end_matches('/').to_owned(),
     };
     let activity = Arc::new(crate::activity::Activity::default());
     let kick = Arc::new(tokio::sync::Notify::new());

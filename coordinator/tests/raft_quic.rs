@@ -112,6 +112,7 @@ fn start(
         ),
         links: Default::default(),
         apps_host: "localhost".into(),
+        public_url: String::new(),
         build_logs: Default::default(),
     };
     tokio::spawn(quic_server::serve(endpoint, Arc::new(authority)));

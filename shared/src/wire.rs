@@ -414,6 +414,8 @@ pub struct BuildJob {
     pub variables: Vec<EnvVar>,
     /// The Space's secrets (for `RUN --mount=type=secret`); never logged.
     pub secrets: Vec<EnvVar>,
+    /// The Hub endpoint `preload_from_hub` downloads from (the cluster's own API).
+    pub hub_endpoint: String,
 }
 
 /// Lines of a build's log, as the builder writes them.
@@ -721,6 +723,7 @@ mod tests {
                     value: "v".into(),
                 }],
                 secrets: vec![],
+                hub_endpoint: "http://127.0.0.1:8080".into(),
             }
             .into(),
             BuildLog {

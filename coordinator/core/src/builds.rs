@@ -5,7 +5,7 @@
 
 use crate::command::BuildOutcome;
 use crate::error::ApplyError;
-use crate::state::{Build, BuildState, Millis, SpaceImage, Stage, State};
+use crate::state::{AllocationPhase, Build, BuildState, Millis, SpaceImage, Stage, State};
 
 /// How many times builders may take one build before the cluster gives up on it.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -102,6 +102,7 @@ pub fn job(state: &State, id: &str) -> Option<spacedock_shared::wire::BuildJob> 
         no_cache: build.factory,
         variables,
         secrets,
+        hub_endpoint: String::new(),
     })
 }
 
@@ -280,6 +281,12 @@ fn settle(
     error: Option<String>,
     at: Millis,
 ) {
+    // A rebuild that made the image already running (an unchanged tree) leaves the Space running.
+    let running_image = state
+        .allocations
+        .values()
+        .find(|a| a.space == space_key && a.phase == AllocationPhase::Running)
+        .map(|a| a.image_id.clone());
     let Some(repo) = state.repos.get_mut(space_key) else {
         return;
     };
@@ -294,8 +301,14 @@ fn settle(
     space.build = None;
     match (image, error) {
         (Some(image), _) => {
+            let unchanged = space.image.as_ref() == Some(&image)
+                && running_image.as_deref() == Some(image.id.as_str());
+            space.stage = if unchanged {
+                Stage::Running
+            } else {
+                Stage::AppStarting
+            };
             space.image = Some(image);
-            space.stage = Stage::AppStarting;
             space.error_message = None;
         }
         (None, error) => {

@@ -1886,6 +1886,31 @@ mod builds {
     }
 
     #[test]
+    fn a_rebuild_to_the_running_image_leaves_the_space_running() {
+        let (mut c, _, _) = setup();
+        scheduling::add_node(&mut c, "n1", 2, 16, 0);
+        scheduling::pass(&mut c);
+        let alloc = c.state.allocations.keys().next().unwrap().clone();
+        c.system(Command::ReportAllocation {
+            id: alloc,
+            node: "n1".into(),
+            phase: crate::state::AllocationPhase::Running,
+            message: String::new(),
+        })
+        .unwrap();
+        let now = c.clock;
+        c.system(claim("b1", "bx", now + 60_000)).unwrap();
+        let same = BuildOutcome::Succeeded {
+            image: "demo:1".into(),
+            port: 8080,
+            startup_timeout_s: 30,
+            built: None,
+        };
+        c.system(finish("b1", "bx", same)).unwrap();
+        assert_eq!(stage(&c).0, Stage::Running, "nothing to start again");
+    }
+
+    #[test]
     fn a_newer_commit_supersedes_and_a_failure_names_its_step() {
         let (mut c, a, b) = setup();
         let now = c.clock;

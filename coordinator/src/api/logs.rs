@@ -50,9 +50,11 @@ fn event(line: &str) -> Bytes {
 const BUILD_POLL: Duration = Duration::from_millis(500);
 
 /// One line for a build's state.
-fn build_line(build: &Build) -> String {
+/// One line for a build's state; none while it runs (the leader logs each builder taking it, with the attempt,
+/// among the builder's lines).
+fn build_line(build: &Build) -> Option<String> {
     let short = &build.commit[..build.commit.len().min(12)];
-    match &build.state {
+    Some(match &build.state {
         BuildState::Queued => format!(
             "build {} of commit {short} ({}{}) queued, waiting for a builder",
             build.id,
@@ -63,13 +65,11 @@ fn build_line(build: &Build) -> String {
                 ""
             }
         ),
-        BuildState::Running { builder, .. } => {
-            format!("taken by builder {builder} (attempt {})", build.attempts)
-        }
+        BuildState::Running { .. } => return None,
         BuildState::Succeeded { image } => format!("built {image}"),
         BuildState::Failed { step, message } => format!("failed at {step}: {message}"),
         BuildState::Superseded => "superseded by a newer commit".into(),
-    }
+    })
 }
 
 /// The build log of the Space's newest build: the builder's lines and a line for each state the build goes
@@ -114,7 +114,7 @@ async fn build_logs(
             offset = end;
             lines.extend(text.lines().map(|l| redact(l, &secrets)));
             let line = build_line(&build);
-            if last.as_ref() != Some(&line) {
+            if let Some(line) = line.filter(|l| last.as_ref() != Some(l)) {
                 lines.push(line.clone());
                 last = Some(line);
             }
