@@ -336,8 +336,8 @@ impl Builder {
         Ok(())
     }
 
-    /// Builds the Dockerfile's last stage.
-    /// Builds the Dockerfile's last stage on its base and the `preload_from_hub` layers.
+    /// Builds the Dockerfile's last stage (and the earlier stages it takes files or its base from) on its
+    /// base and the `preload_from_hub` layers.
     async fn dockerfile(
         &self,
         job: &BuildJob,
@@ -357,10 +357,9 @@ impl Builder {
                     .join("\n"),
             )
         })?;
-        let stage = parsed
-            .stages
-            .last()
-            .ok_or_else(|| Failure::at("Dockerfile", "the Dockerfile has no FROM"))?;
+        if parsed.stages.is_empty() {
+            return Err(Failure::at("Dockerfile", "the Dockerfile has no FROM"));
+        }
         let args: BTreeMap<String, String> = job
             .variables
             .iter()
@@ -372,35 +371,97 @@ impl Builder {
                 globals.insert(name.clone(), value);
             }
         }
-        let from = dockerfile::expand(&stage.from, &globals);
-        let from_step = format!("Dockerfile:{} FROM", stage.line);
-        log.line(format!("FROM {from}"));
-        let mut base = self
-            .base(&from)
-            .await
-            .map_err(|e| Failure::at(&from_step, e))?;
-        for preload in preloads {
-            let step = format!("README.md preload_from_hub {}", preload.repo_id);
-            let (layer, key) = self
-                .preload(job, preload, log)
-                .await
-                .map_err(|e| Failure::at(&step, format!("{e:#}")))?;
-            base.layers.push(layer);
-            base.key = crate::layer::step_key(Some(&base.key), "preload", &[key]);
+        let target = parsed.stages.len() - 1;
+        let needed = needed_stages(&parsed, &globals);
+        // Earlier stages by index and lowercased name, and images `COPY --from` names.
+        let mut built: BTreeMap<String, Image> = BTreeMap::new();
+        for index in needed {
+            let stage = &parsed.stages[index];
+            let from = dockerfile::expand(&stage.from, &globals);
+            if parsed.stages.len() > 1 {
+                log.line(format!(
+                    "stage {index}{}: FROM {from}",
+                    stage
+                        .name
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                ));
+            } else {
+                log.line(format!("FROM {from}"));
+            }
+            let from_step = format!("Dockerfile:{} FROM", stage.line);
+            let mut base = match built.get(&from.to_ascii_lowercase()) {
+                Some(stage) => stage.clone(),
+                None => self
+                    .base(&from)
+                    .await
+                    .map_err(|e| Failure::at(&from_step, e))?,
+            };
+            if index == target {
+                for preload in preloads {
+                    let step = format!("README.md preload_from_hub {}", preload.repo_id);
+                    let (layer, key) = self
+                        .preload(job, preload, log)
+                        .await
+                        .map_err(|e| Failure::at(&step, format!("{e:#}")))?;
+                    base.layers.push(layer);
+                    base.key = crate::layer::step_key(Some(&base.key), "preload", &[key]);
+                }
+            }
+            for (line, instruction) in &stage.instructions {
+                if let dockerfile::Instruction::Copy(copy) = instruction
+                    && let Some(from) = &copy.from
+                    && !built.contains_key(&from.to_ascii_lowercase())
+                {
+                    let image = self
+                        .base(from)
+                        .await
+                        .map_err(|e| Failure::at(format!("Dockerfile:{line} COPY"), e))?;
+                    built.insert(from.to_ascii_lowercase(), image);
+                }
+            }
+            let image = self
+                .stage(job, stage, base, (&args, context), &built, log)
+                .await?;
+            built.insert(index.to_string(), image.clone());
+            if let Some(name) = &stage.name {
+                built.insert(name.to_ascii_lowercase(), image.clone());
+            }
+            if index == target {
+                return Ok(image);
+            }
         }
+        Err(Failure::at("Dockerfile", "the last stage was not built"))
+    }
+
+    /// Builds one stage on `base`; `built` has what `COPY --from` may name.
+    async fn stage(
+        &self,
+        job: &BuildJob,
+        stage: &dockerfile::Stage,
+        base: Image,
+        (args, context): (&BTreeMap<String, String>, &BuildContext),
+        built: &BTreeMap<String, Image>,
+        log: &Log,
+    ) -> Result<Image, Failure> {
+        let sources: BTreeMap<String, blake3::Hash> = built
+            .iter()
+            .map(|(k, image)| (k.clone(), image.key))
+            .collect();
         let (steps, settings) = crate::plan::plan(
             stage,
             base.settings.clone(),
-            &args,
+            args,
             &context.entries,
-            base.key,
+            (base.key, &sources),
         )
         .map_err(|p| Failure::at(format!("Dockerfile:{}", p.line), p.message))?;
         let mut image = base;
         let total = steps.len();
         for (i, step) in steps.iter().enumerate() {
             let (line, what) = match step {
-                Step::Copy { line, .. } => (*line, "COPY"),
+                Step::Copy { line, .. } | Step::CopyFrom { line, .. } => (*line, "COPY"),
                 Step::Run { line, .. } => (*line, "RUN"),
             };
             let name = format!("Dockerfile:{line} {what}");
@@ -418,7 +479,7 @@ impl Builder {
                 None => {
                     let started = Instant::now();
                     let layer = self
-                        .execute(step, &image, job, log)
+                        .execute(step, &image, job, built, log)
                         .await
                         .map_err(|e| Failure::at(&name, e))?;
                     self.cache.record_step(&step.key(), &layer).at(&name)?;
@@ -443,9 +504,40 @@ impl Builder {
         step: &Step,
         image: &Image,
         job: &BuildJob,
+        built: &BTreeMap<String, Image>,
         log: &Log,
     ) -> anyhow::Result<Layer> {
         match step {
+            Step::CopyFrom {
+                from,
+                copy,
+                workdir,
+                ..
+            } => {
+                let source = built
+                    .get(&from.to_ascii_lowercase())
+                    .ok_or_else(|| anyhow!("--from={from}: not built"))?;
+                let files = self.layer_files(source)?;
+                let tree = crate::image::read_tree(files, &copy.sources)?;
+                let settings = Settings {
+                    workdir: workdir.clone(),
+                    ..Settings::default()
+                };
+                let entries = crate::plan::copy_entries(copy, &tree, &settings, &BTreeMap::new())
+                    .map_err(|e| anyhow!("--from={from}: {e}"))?;
+                let (passwd, group) = match &copy.chown {
+                    Some(_) => (
+                        self.read(image, "etc/passwd")?,
+                        self.read(image, "etc/group")?,
+                    ),
+                    None => (String::new(), String::new()),
+                };
+                let (layer, bytes) =
+                    crate::image::copy_layer(&entries, copy.chown.as_deref(), &passwd, &group)
+                        .map_err(|e| anyhow!(e))?;
+                self.cache.put(&bytes)?;
+                Ok(layer)
+            }
             Step::Copy {
                 entries,
                 chown,
@@ -542,9 +634,9 @@ impl Builder {
         Ok((layer, key))
     }
 
-    /// A text file in the image so far (empty when absent).
-    fn read(&self, image: &Image, path: &str) -> anyhow::Result<String> {
-        let files = image
+    /// The image's layer files, bottom first.
+    fn layer_files(&self, image: &Image) -> anyhow::Result<Vec<std::fs::File>> {
+        image
             .layers
             .iter()
             .map(|l| {
@@ -552,8 +644,12 @@ impl Builder {
                 std::fs::File::open(&path)
                     .with_context(|| format!("opening layer {}", path.display()))
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let bytes = crate::image::read_file(files, path)?;
+            .collect()
+    }
+
+    /// A text file in the image so far (empty when absent).
+    fn read(&self, image: &Image, path: &str) -> anyhow::Result<String> {
+        let bytes = crate::image::read_file(self.layer_files(image)?, path)?;
         Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
     }
 
@@ -671,6 +767,44 @@ impl Builder {
     }
 }
 
+/// The stages the last one needs, in order: itself, the stages it is built on and those it copies from,
+/// and theirs (Docker skips the others).
+fn needed_stages(
+    parsed: &dockerfile::Dockerfile,
+    globals: &BTreeMap<String, String>,
+) -> Vec<usize> {
+    let index_of = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        parsed
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref().map(str::to_ascii_lowercase) == Some(name.clone()))
+            .or_else(|| {
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|i| *i < parsed.stages.len())
+            })
+    };
+    let mut needed = std::collections::BTreeSet::new();
+    let mut todo = vec![parsed.stages.len() - 1];
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let stage = &parsed.stages[i];
+        let from = dockerfile::expand(&stage.from, globals);
+        todo.extend(index_of(&from).filter(|j| *j < i));
+        for (_, instruction) in &stage.instructions {
+            if let dockerfile::Instruction::Copy(copy) = instruction
+                && let Some(from) = &copy.from
+            {
+                todo.extend(index_of(from).filter(|j| *j < i));
+            }
+        }
+    }
+    needed.into_iter().collect()
+}
+
 fn is_archive(path: &str) -> bool {
     [".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"]
         .iter()
@@ -698,4 +832,19 @@ fn space_config(context: &BuildContext) -> Result<SpaceConfig, Failure> {
     report
         .config
         .ok_or_else(|| Failure::at("README.md", problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_stages_the_last_one_needs_are_built() {
+        let text = "ARG BASE=busybox\nFROM $BASE AS tools\nRUN make\nFROM busybox AS unused\nRUN exit 1\n\
+                    FROM tools AS build\nRUN build\nFROM busybox\nCOPY --from=build /out /app\nCOPY --from=0 /x /x\n";
+        let parsed = dockerfile::parse(text).unwrap();
+        assert_eq!(needed_stages(&parsed, &BTreeMap::new()), [0, 2, 3]);
+        let single = dockerfile::parse("FROM busybox\n").unwrap();
+        assert_eq!(needed_stages(&single, &BTreeMap::new()), [0]);
+    }
 }

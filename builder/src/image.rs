@@ -2,6 +2,8 @@
 //! the same config digest) from the planned settings and the layers' digests, the owners a `--chown` names,
 //! looked up in the image's own `/etc/passwd` and `/etc/group`, and a file read through an image's layers.
 
+use std::collections::BTreeMap;
+
 use sha2::Digest as _;
 
 use crate::plan::Settings;
@@ -183,6 +185,100 @@ pub fn read_file<R: std::io::Read>(layers: Vec<R>, path: &str) -> std::io::Resul
     Ok(found)
 }
 
+/// The files and links of an image (uncompressed layers, base first) under any of `sources` (paths in the
+/// image, `/` or `.` for all), after OCI whiteouts: what `COPY --from` picks from. Folders are implied by
+/// their contents; hard links become copies of their target.
+pub fn read_tree<R: std::io::Read>(
+    layers: Vec<R>,
+    sources: &[String],
+) -> std::io::Result<Vec<crate::layer::Entry>> {
+    use crate::layer::{Entry, Kind};
+    let prefixes: Vec<String> = sources
+        .iter()
+        .map(|s| s.trim_matches('/').trim_start_matches("./").to_owned())
+        .map(|s| if s == "." { String::new() } else { s })
+        .collect();
+    let wanted = |path: &str| {
+        prefixes
+            .iter()
+            .any(|p| p.is_empty() || path == p || path.starts_with(&format!("{p}/")))
+    };
+    let mut tree: BTreeMap<String, Entry> = BTreeMap::new();
+    for layer in layers {
+        let mut archive = tar::Archive::new(layer);
+        let mut added: Vec<Entry> = Vec::new();
+        let mut gone: Vec<(String, bool)> = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_owned();
+            let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            match name.strip_prefix(".wh.") {
+                Some(".wh..opq") => gone.push((dir.to_owned(), true)),
+                Some(target) => gone.push((
+                    if dir.is_empty() {
+                        target.to_owned()
+                    } else {
+                        format!("{dir}/{target}")
+                    },
+                    false,
+                )),
+                None if wanted(&path) => {
+                    let header = entry.header();
+                    let (mode, uid, gid) = (
+                        header.mode()? & 0o7777,
+                        header.uid()? as u32,
+                        header.gid()? as u32,
+                    );
+                    let kind = match header.entry_type() {
+                        t if t.is_file() => {
+                            let mut bytes = Vec::new();
+                            std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+                            Some(Kind::File(bytes))
+                        }
+                        t if t.is_symlink() => entry
+                            .link_name()?
+                            .map(|l| Kind::Symlink(l.to_string_lossy().into_owned())),
+                        t if t.is_hard_link() => entry.link_name()?.and_then(|l| {
+                            let target = l.to_string_lossy().trim_start_matches("./").to_owned();
+                            added
+                                .iter()
+                                .rev()
+                                .find(|e| e.path == target)
+                                .or_else(|| tree.get(&target))
+                                .map(|e| e.kind.clone())
+                        }),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        added.push(Entry {
+                            path,
+                            kind,
+                            mode,
+                            uid,
+                            gid,
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        // A layer's whiteouts hide what the layers below it have, not its own entries.
+        for (path, opaque) in gone {
+            let under = format!("{path}/");
+            tree.retain(|p, _| !(p.starts_with(&under) || (!opaque && *p == path)));
+        }
+        for entry in added {
+            tree.insert(entry.path.clone(), entry);
+        }
+    }
+    Ok(tree.into_values().collect())
+}
+
 /// The layer a COPY step makes: its entries owned by the `--chown` owners (resolved in the image's own
 /// `/etc/passwd` and `/etc/group`), root otherwise; folders the destination needs are root's, as in Docker.
 pub fn copy_layer(
@@ -239,24 +335,27 @@ mod tests {
         );
     }
 
+    /// A layer of files owned by `owner`.
+    fn layer_of(files: &[(&str, &str)], owner: u32) -> Vec<u8> {
+        use crate::layer::{Entry, Kind, write};
+        let entries = files
+            .iter()
+            .map(|(p, b)| Entry {
+                path: (*p).into(),
+                kind: Kind::File(b.as_bytes().to_vec()),
+                mode: 0o644,
+                uid: owner,
+                gid: owner,
+            })
+            .collect();
+        let mut out = Vec::new();
+        write(entries, &mut out).unwrap();
+        out
+    }
+
     #[test]
     fn files_are_read_through_the_layers_with_whiteouts() {
-        use crate::layer::{Entry, Kind, write};
-        let layer = |files: &[(&str, &str)]| {
-            let entries = files
-                .iter()
-                .map(|(p, b)| Entry {
-                    path: (*p).into(),
-                    kind: Kind::File(b.as_bytes().to_vec()),
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                })
-                .collect();
-            let mut out = Vec::new();
-            write(entries, &mut out).unwrap();
-            out
-        };
+        let layer = |files: &[(&str, &str)]| layer_of(files, 0);
         let base = layer(&[
             ("etc/passwd", "root:x:0:0::/:/bin/sh\n"),
             ("etc/motd", "hi"),
@@ -276,6 +375,24 @@ mod tests {
             read_file(vec![&base[..]], "etc/motd").unwrap(),
             Some(b"hi".to_vec())
         );
+    }
+
+    #[test]
+    fn a_tree_is_read_under_its_sources_after_whiteouts() {
+        let layer = |files: &[(&str, &str)]| layer_of(files, 7);
+        let base = layer(&[("out/a.txt", "a"), ("out/old/x", "x"), ("etc/motd", "hi")]);
+        let top = layer(&[
+            ("out/.wh.a.txt", ""),
+            ("out/old/.wh..wh..opq", ""),
+            ("out/old/y", "y"),
+            ("out/b.txt", "b"),
+        ]);
+        let tree = read_tree(vec![&base[..], &top[..]], &["/out/".to_owned()]).unwrap();
+        let paths: Vec<&str> = tree.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["out/b.txt", "out/old/y"]);
+        assert_eq!(tree[0].uid, 7, "owners are kept");
+        let all = read_tree(vec![&base[..], &top[..]], &[".".to_owned()]).unwrap();
+        assert!(all.iter().any(|e| e.path == "etc/motd"));
     }
 
     #[test]

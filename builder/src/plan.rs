@@ -64,6 +64,16 @@ pub enum Step {
         /// ADD: local tar archives among the sources are unpacked.
         unpack: bool,
     },
+    /// `COPY --from`: files from an earlier stage or an image (`from`, as written), picked when the step runs
+    /// from that image's files; `copy` has its sources, destination and owner expanded, `workdir` is where a
+    /// relative destination goes.
+    CopyFrom {
+        line: usize,
+        key: blake3::Hash,
+        from: String,
+        copy: Copy,
+        workdir: String,
+    },
     /// A command to run in a container of the image so far; its changes become the layer.
     Run {
         line: usize,
@@ -79,7 +89,7 @@ pub enum Step {
 impl Step {
     pub fn key(&self) -> blake3::Hash {
         match self {
-            Step::Copy { key, .. } | Step::Run { key, .. } => *key,
+            Step::Copy { key, .. } | Step::CopyFrom { key, .. } | Step::Run { key, .. } => *key,
         }
     }
 }
@@ -139,7 +149,7 @@ fn select<'a>(context: &'a [Entry], source: &str) -> Result<Vec<(&'a Entry, Stri
     Ok(under)
 }
 
-fn copy_entries(
+pub(crate) fn copy_entries(
     copy: &Copy,
     context: &[Entry],
     settings: &Settings,
@@ -189,13 +199,14 @@ fn copy_entries(
 }
 
 /// Plans `stage` on an image whose settings are `base`, with build arguments `args` (the Space's variables)
-/// and the build context `context`. `parent` is the base image's key. Every problem names its line.
+/// and the build context `context`. `parent` is the base image's key; `sources` has the keys of what
+/// `COPY --from` may name (earlier stages by name and index, images). Every problem names its line.
 pub fn plan(
     stage: &Stage,
     base: Settings,
     args: &BTreeMap<String, String>,
     context: &[Entry],
-    parent: blake3::Hash,
+    (parent, sources): (blake3::Hash, &BTreeMap<String, blake3::Hash>),
 ) -> Result<(Vec<Step>, Settings), Problem> {
     let mut settings = base;
     let mut key = parent;
@@ -238,12 +249,36 @@ pub fn plan(
                 settings.cmd.clear();
             }
             Instruction::Shell(shell) => settings.shell = shell.clone(),
-            Instruction::Copy(copy) => {
-                if copy.from.is_some() {
-                    return Err(problem(
-                        "COPY --from (files from another stage) is not supported by this planner yet".into(),
-                    ));
+            Instruction::Copy(copy) if copy.from.is_some() => {
+                let from = copy.from.clone().unwrap_or_default();
+                let source = sources.get(&from.to_ascii_lowercase()).ok_or_else(|| {
+                    problem(format!(
+                        "COPY --from={from}: no earlier stage or image of that name"
+                    ))
+                })?;
+                if copy.add {
+                    return Err(problem("ADD has no --from; use COPY --from".into()));
                 }
+                let expanded = Copy {
+                    sources: copy.sources.iter().map(|s| x(s)).collect(),
+                    dest: x(&copy.dest),
+                    chown: copy.chown.as_ref().map(|c| x(c)),
+                    ..copy.clone()
+                };
+                let definition = format!(
+                    "COPY --from={from} {:?} {} workdir={} chown={:?} chmod={:?}",
+                    expanded.sources, expanded.dest, settings.workdir, expanded.chown, copy.chmod
+                );
+                key = step_key(Some(&key), &definition, &[*source]);
+                steps.push(Step::CopyFrom {
+                    line,
+                    key,
+                    from,
+                    copy: expanded,
+                    workdir: settings.workdir.clone(),
+                });
+            }
+            Instruction::Copy(copy) => {
                 let entries = copy_entries(copy, context, &settings, &vars).map_err(problem)?;
                 let chown = copy.chown.as_ref().map(|c| x(c));
                 let definition = format!(
@@ -335,7 +370,7 @@ mod tests {
             Settings::default(),
             &args,
             &context(),
-            step_key(None, "FROM base", &[]),
+            (step_key(None, "FROM base", &[]), &BTreeMap::new()),
         )
     }
 
@@ -424,7 +459,7 @@ mod tests {
             Settings::default(),
             &BTreeMap::new(),
             &changed,
-            step_key(None, "FROM base", &[]),
+            (step_key(None, "FROM base", &[]), &BTreeMap::new()),
         )
         .unwrap();
         assert_eq!(a[0].key(), c[0].key());
@@ -438,7 +473,7 @@ mod tests {
             Settings::default(),
             &BTreeMap::new(),
             &reqs,
-            step_key(None, "FROM base", &[]),
+            (step_key(None, "FROM base", &[]), &BTreeMap::new()),
         )
         .unwrap();
         assert!(a.iter().zip(&d).all(|(x, y)| x.key() != y.key()));

@@ -607,3 +607,42 @@ fn a_build_whose_builder_is_killed_is_taken_by_another() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("survived"), "{body}");
 }
+
+#[test]
+fn a_multi_stage_dockerfile_copies_from_an_earlier_stage_and_skips_unused_ones() {
+    let cl = Cluster::start("stages", "10.91.4.0/24");
+    let id = "admin/stages";
+    let repo = cl.space("stages");
+    let dockerfile = "FROM busybox:latest AS build\n\
+                      RUN mkdir -p /out && echo 'made in stage one' > /out/page.html && echo junk > /junk.txt\n\
+                      FROM busybox:latest AS unused\n\
+                      RUN exit 1\n\
+                      FROM busybox:latest\n\
+                      COPY --from=build /out/page.html /www/index.html\n\
+                      CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n";
+    commit(
+        &repo,
+        &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
+        "stages",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    cl.wait_stage(id, "RUNNING", Duration::from_secs(120));
+    let (status, body) = http_get(&cl.c.api_url, "admin-stages.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("made in stage one"), "{body}");
+    // The last stage is the base and the copied file: the first stage's RUN layer is not in it.
+    let (_, layers) = cl.image(id);
+    assert_eq!(layers.len(), 2, "{layers:?}");
+    let copied = layer_files(&cl.blob(&layers[1]));
+    let paths: Vec<&str> = copied.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(paths, ["www/", "www/index.html"]);
+    let log = cl.build_log(id);
+    assert!(
+        log.contains("stage 0 (build): FROM busybox:latest"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("stage 1"),
+        "the unused stage is skipped:\n{log}"
+    );
+}
