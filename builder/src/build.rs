@@ -122,6 +122,8 @@ pub struct Builder {
     pub runner: crate::run::Runner,
     /// The Hub endpoint for `preload_from_hub` (else the cluster's own API, from the job).
     pub hub_endpoint: Option<String>,
+    /// Credentials for registries that bases come from.
+    pub registries: Vec<crate::registry::RegistryConfig>,
     /// One repo sync at a time (two builds of one Space share its repo).
     repos: tokio::sync::Mutex<()>,
 }
@@ -141,7 +143,7 @@ impl Builder {
         cluster: Fetcher,
         cache: Cache,
         runner: crate::run::Runner,
-        hub_endpoint: Option<String>,
+        (hub_endpoint, registries): (Option<String>, Vec<crate::registry::RegistryConfig>),
     ) -> Arc<Builder> {
         Arc::new(Builder {
             data_dir,
@@ -149,6 +151,7 @@ impl Builder {
             cache,
             runner,
             hub_endpoint,
+            registries,
             repos: tokio::sync::Mutex::new(()),
         })
     }
@@ -396,7 +399,7 @@ impl Builder {
                 None => self
                     .base(&from)
                     .await
-                    .map_err(|e| Failure::at(&from_step, e))?,
+                    .map_err(|e| Failure::at(&from_step, format!("{e:#}")))?,
             };
             if index == target {
                 for preload in preloads {
@@ -414,10 +417,9 @@ impl Builder {
                     && let Some(from) = &copy.from
                     && !built.contains_key(&from.to_ascii_lowercase())
                 {
-                    let image = self
-                        .base(from)
-                        .await
-                        .map_err(|e| Failure::at(format!("Dockerfile:{line} COPY"), e))?;
+                    let image = self.base(from).await.map_err(|e| {
+                        Failure::at(format!("Dockerfile:{line} COPY"), format!("{e:#}"))
+                    })?;
                     built.insert(from.to_ascii_lowercase(), image);
                 }
             }
@@ -481,7 +483,7 @@ impl Builder {
                     let layer = self
                         .execute(step, &image, job, built, log)
                         .await
-                        .map_err(|e| Failure::at(&name, e))?;
+                        .map_err(|e| Failure::at(&name, format!("{e:#}")))?;
                     self.cache.record_step(&step.key(), &layer).at(&name)?;
                     log.line(format!(
                         "  made {} ({} bytes) in {:.1}s",
@@ -699,6 +701,9 @@ impl Builder {
             layers,
             available,
         } = reply;
+        if !found && let Some(reference) = crate::registry::parse_reference(name) {
+            return self.pull(reference).await;
+        }
         if !found {
             let listed = if available.is_empty() {
                 "the store has no images".to_owned()
@@ -727,6 +732,32 @@ impl Builder {
             layers: cached,
             settings,
             key: blake3::hash(id.as_bytes()),
+        })
+    }
+
+    /// A base from an OCI registry: its config and uncompressed layers into the cache.
+    async fn pull(&self, reference: crate::registry::Reference) -> anyhow::Result<Image> {
+        let host = reference.host.clone();
+        let mut client = crate::registry::Client::new(reference, &self.registries)?;
+        let pulled = tokio::task::spawn_blocking(move || client.pull())
+            .await?
+            .with_context(|| format!("pulling from {host}"))?;
+        let settings =
+            crate::image::settings_from_config(&pulled.config).map_err(|e| anyhow!(e))?;
+        self.cache.put(&pulled.config)?;
+        let mut layers = Vec::new();
+        for (diff_id, bytes) in &pulled.layers {
+            let digest = self.cache.put(bytes)?;
+            debug_assert_eq!(&digest, diff_id);
+            layers.push(Layer {
+                digest,
+                size: bytes.len() as u64,
+            });
+        }
+        Ok(Image {
+            layers,
+            settings,
+            key: blake3::hash(pulled.config_digest.as_bytes()),
         })
     }
 

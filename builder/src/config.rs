@@ -28,6 +28,8 @@ pub struct BuilderConfig {
     pub containerd_namespace: String,
     /// Hugging Face-compatible endpoint `preload_from_hub` downloads from; the cluster's own API when unset.
     pub hub_endpoint: Option<String>,
+    /// Credentials and transport per OCI registry host, for `FROM HOST/REPO:TAG` bases.
+    pub registries: Vec<spacedock_builder::registry::RegistryConfig>,
     /// Log filter in RUST_LOG syntax, used when RUST_LOG is not set.
     pub log: String,
 }
@@ -45,6 +47,7 @@ impl Default for BuilderConfig {
             containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
             containerd_namespace: "spacedock-builder".into(),
             hub_endpoint: None,
+            registries: Vec::new(),
             log: "info".into(),
         }
     }
@@ -82,6 +85,12 @@ mod tests {
             token_file: Some("x".into()),
             name: Some("x".into()),
             hub_endpoint: Some("x".into()),
+            registries: vec![spacedock_builder::registry::RegistryConfig {
+                host: "x".into(),
+                username: Some("x".into()),
+                password_file: Some("x".into()),
+                insecure: true,
+            }],
             ..Default::default()
         };
         let missing = spacedock_cli_common::undocumented_keys(&full, EXAMPLE).unwrap();

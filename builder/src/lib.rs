@@ -10,6 +10,7 @@ pub mod image;
 pub mod layer;
 pub mod plan;
 pub mod preload;
+pub mod registry;
 pub mod run;
 pub mod sdk;
 pub mod service;

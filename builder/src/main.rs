@@ -111,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
             cache,
             runner,
-            config.hub_endpoint.clone(),
+            (config.hub_endpoint.clone(), config.registries.clone()),
         );
         tokio::select! {
             result = service::run(config.join.clone(), &name, &identity, config.concurrency, builder) => result,

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: panics are how tests fail
 
 use std::io::Read as _;
+
+use sha2::Digest as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -645,4 +647,159 @@ fn a_multi_stage_dockerfile_copies_from_an_earlier_stage_and_skips_unused_ones()
         !log.contains("stage 1"),
         "the unused stage is skipped:\n{log}"
     );
+}
+
+/// Debian's `docker-registry` on a free loopback port, killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let addr = format!("127.0.0.1:{}", spacedock_cluster_tests::free_port());
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("registry.err")).unwrap())
+            .spawn()
+            .expect("docker-registry (apt-get install docker-registry; ops/test.sh does)");
+        let registry = Registry { child, addr };
+        let started = Instant::now();
+        while ureq::get(&format!("http://{}/v2/", registry.addr))
+            .call()
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        registry
+    }
+
+    /// Uploads a blob; returns its digest.
+    fn blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        let started = ureq::post(&format!("http://{}/v2/{repo}/blobs/uploads/", self.addr))
+            .send_empty()
+            .unwrap();
+        let location = started.headers()["location"].to_str().unwrap().to_owned();
+        let url = if location.starts_with("http") {
+            location
+        } else {
+            format!("http://{}{location}", self.addr)
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        ureq::put(&format!("{url}{sep}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)
+            .unwrap();
+        digest
+    }
+
+    /// Pushes a one-layer image (the layer gzip-compressed) as `repo:tag`.
+    fn push(&self, repo: &str, tag: &str, config: &[u8], layer: &[u8]) {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, layer).unwrap();
+        let gz = gz.finish().unwrap();
+        let config_digest = self.blob(repo, config);
+        let layer_digest = self.blob(repo, &gz);
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len() }],
+        });
+        ureq::put(&format!("http://{}/v2/{repo}/manifests/{tag}", self.addr))
+            .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .send(manifest.to_string().as_bytes())
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_base_image_comes_from_an_oci_registry() {
+    let cl = Cluster::start("registry", "10.91.5.0/24");
+    let registry = Registry::start(cl.dir.path());
+    // busybox as a registry image, its layer gzip-compressed as registries serve them.
+    let archive = busybox_image(cl.dir.path(), "reg/busybox:1", &["sh"], "from the registry");
+    let mut config = Vec::new();
+    let mut layer = Vec::new();
+    for entry in tar::Archive::new(std::fs::File::open(&archive).unwrap())
+        .entries()
+        .unwrap()
+    {
+        let mut entry = entry.unwrap();
+        match entry.path().unwrap().to_str().unwrap() {
+            "config.json" => entry.read_to_end(&mut config).unwrap(),
+            "layer/layer.tar" => entry.read_to_end(&mut layer).unwrap(),
+            _ => 0,
+        };
+    }
+    registry.push("library/busybox", "1", &config, &layer);
+
+    let repo = cl.space("pulled");
+    let dockerfile = format!(
+        "FROM {}/library/busybox:1\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n",
+        registry.addr
+    );
+    commit(
+        &repo,
+        &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
+        "from a registry",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    cl.wait_stage("admin/pulled", "RUNNING", Duration::from_secs(120));
+    let (status, body) = http_get(&cl.c.api_url, "admin-pulled.localhost", "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("from the registry"), "{body}");
+    // The layer is stored uncompressed, as its diff id.
+    let (_, layers) = cl.image("admin/pulled");
+    assert_eq!(
+        layers,
+        [format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(&layer))
+        )]
+    );
+
+    // A tag the registry does not have is a BUILD_ERROR naming the FROM line and the registry.
+    let repo = cl.space("nopull");
+    let dockerfile = format!(
+        "FROM {}/library/busybox:nope\nCMD [\"true\"]\n",
+        registry.addr
+    );
+    commit(
+        &repo,
+        &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
+        "missing tag",
+    );
+    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+    let runtime = cl.wait_stage("admin/nopull", "BUILD_ERROR", Duration::from_secs(60));
+    let message = runtime["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("Dockerfile:1 FROM"), "{message}");
+    assert!(
+        message.contains(&format!("pulling from {}", registry.addr)),
+        "{message}"
+    );
+    assert!(message.contains("HTTP 404"), "{message}");
 }
