@@ -540,17 +540,7 @@ impl Builder {
                 self.cache.put(&bytes)?;
                 Ok(layer)
             }
-            Step::Copy {
-                entries,
-                chown,
-                unpack,
-                ..
-            } => {
-                if *unpack && entries.iter().any(|e| is_archive(&e.path)) {
-                    anyhow::bail!(
-                        "ADD of a local archive (unpacking it) is not supported; COPY it and unpack it in a RUN step"
-                    );
-                }
+            Step::Copy { entries, chown, .. } => {
                 let (passwd, group) = match chown {
                     Some(_) => (
                         self.read(image, "etc/passwd")?,
@@ -834,12 +824,6 @@ fn needed_stages(
         }
     }
     needed.into_iter().collect()
-}
-
-fn is_archive(path: &str) -> bool {
-    [".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"]
-        .iter()
-        .any(|ext| path.ends_with(ext))
 }
 
 /// A regular file of the context.

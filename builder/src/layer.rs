@@ -149,6 +149,134 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
     })
 }
 
+/// How much one archive that ADD unpacks may hold: bytes unpacked, entries, and unpacked bytes per byte of the
+/// archive (a tar bomb is refused, not unpacked).
+pub const UNPACK_MAX_BYTES: u64 = 1 << 30;
+pub const UNPACK_MAX_ENTRIES: usize = 100_000;
+pub const UNPACK_MAX_RATIO: u64 = 200;
+
+/// Whether ADD unpacks these bytes: a gzip stream or a plain tar (`ustar` at offset 257).
+pub fn is_archive(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b]) || bytes.get(257..262) == Some(b"ustar")
+}
+
+/// The entries of a tar or tar.gz archive (no IO), under `into` (`a/b`, or empty for the root). Paths must stay
+/// inside (no absolute paths, no `..`); hard links become copies of an earlier entry; devices and fifos are
+/// refused; past `UNPACK_MAX_BYTES`, `UNPACK_MAX_ENTRIES` or `UNPACK_MAX_RATIO` the archive is refused as a
+/// likely tar bomb. Errors say which entry and why.
+pub fn unpack(bytes: &[u8], into: &str) -> Result<Vec<Entry>, String> {
+    use std::io::Read as _;
+    let reader: Box<dyn std::io::Read + '_> = if bytes.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::GzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    };
+    let limit = UNPACK_MAX_BYTES.min(
+        (bytes.len() as u64)
+            .saturating_mul(UNPACK_MAX_RATIO)
+            .max(1 << 20),
+    );
+    let mut archive = tar::Archive::new(reader.take(limit + 1));
+    let mut out: Vec<Entry> = Vec::new();
+    let mut total = 0u64;
+    let join = |path: &str| {
+        if into.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{into}/{path}")
+        }
+    };
+    let bomb = || {
+        format!(
+            "unpacks to more than {limit} bytes or {UNPACK_MAX_ENTRIES} entries (a tar bomb?); refused"
+        )
+    };
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("a damaged entry: {e}"))?;
+        let raw = entry
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        let path = raw
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        if path.is_empty() || path == "." {
+            continue;
+        }
+        if raw.starts_with('/') || path.split('/').any(|p| p == ".." || p.is_empty()) {
+            return Err(format!(
+                "`{raw}` would land outside the destination; refused"
+            ));
+        }
+        if out.len() >= UNPACK_MAX_ENTRIES {
+            return Err(bomb());
+        }
+        let header = entry.header();
+        let mode = header.mode().map_err(|e| e.to_string())? & 0o7777;
+        let (uid, gid) = (
+            header.uid().unwrap_or(0) as u32,
+            header.gid().unwrap_or(0) as u32,
+        );
+        let kind = match header.entry_type() {
+            t if t.is_dir() => Kind::Dir,
+            t if t.is_file() => {
+                total += header.size().map_err(|e| e.to_string())?;
+                if total > limit {
+                    return Err(bomb());
+                }
+                let mut body = Vec::new();
+                entry
+                    .read_to_end(&mut body)
+                    .map_err(|e| format!("`{raw}`: {e}"))?;
+                Kind::File(body)
+            }
+            t if t.is_symlink() => Kind::Symlink(
+                entry
+                    .link_name()
+                    .map_err(|e| e.to_string())?
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            t if t.is_hard_link() => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| e.to_string())?
+                    .map(|l| join(l.to_string_lossy().trim_start_matches("./")))
+                    .unwrap_or_default();
+                let found = out
+                    .iter()
+                    .rev()
+                    .find(|e| e.path == target)
+                    .map(|e| e.kind.clone());
+                found.ok_or_else(|| {
+                    format!("`{raw}` is a hard link to `{target}`, which comes nowhere before it")
+                })?
+            }
+            t if t.is_pax_global_extensions() || t.is_pax_local_extensions() => continue,
+            other => {
+                return Err(format!(
+                    "`{raw}` is a {other:?} entry; only files, folders and links are unpacked"
+                ));
+            }
+        };
+        let path = join(&path);
+        out.retain(|e| e.path != path);
+        out.push(Entry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+        });
+    }
+    Ok(out)
+}
+
 /// A build step's cache key: blake3 over the parent step's key, the step's definition and its inputs' content
 /// hashes, each length-prefixed.
 pub fn step_key(
@@ -335,5 +463,51 @@ mod tests {
                 file("b", b"2")
             ])
         );
+    }
+
+    fn tar_of(files: &[(&str, &[u8])], gzip: bool) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, body) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            // `set_path` refuses `..`; write the name field directly, as a hostile archive would.
+            let name = &mut header.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            header.set_cksum();
+            builder.append(&header, *body).unwrap();
+        }
+        let bytes = builder.into_inner().unwrap();
+        if !gzip {
+            return bytes;
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn archives_unpack_under_the_destination_and_hostile_ones_are_refused() {
+        let good = tar_of(
+            &[("site/index.html", b"<h1>hi</h1>"), ("site/a.css", b"a")],
+            true,
+        );
+        assert!(is_archive(&good));
+        assert!(is_archive(&tar_of(&[("x", b"x")], false)));
+        assert!(!is_archive(b"just text"));
+        let entries = unpack(&good, "srv/www").unwrap();
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["srv/www/site/index.html", "srv/www/site/a.css"]);
+        let err = unpack(&tar_of(&[("../../etc/passwd", b"x")], false), "app").unwrap_err();
+        assert!(err.contains("outside the destination"), "{err}");
+        let err = unpack(&tar_of(&[("/etc/passwd", b"x")], false), "app").unwrap_err();
+        assert!(err.contains("outside the destination"), "{err}");
+        // 48 MiB of zeros gzip to a few dozen KiB: far past the ratio a real archive has.
+        let zeros = vec![0u8; 48 << 20];
+        let bomb = tar_of(&[("zeros.bin", &zeros)], true);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let err = unpack(&bomb, "app").unwrap_err();
+        assert!(err.contains("tar bomb"), "{err}");
     }
 }

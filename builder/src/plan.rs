@@ -61,8 +61,6 @@ pub enum Step {
         key: blake3::Hash,
         entries: Vec<Entry>,
         chown: Option<String>,
-        /// ADD: local tar archives among the sources are unpacked.
-        unpack: bool,
     },
     /// `COPY --from`: files from an earlier stage or an image (`from`, as written), picked when the step runs
     /// from that image's files; `copy` has its sources, destination and owner expanded, `workdir` is where a
@@ -116,14 +114,12 @@ fn resolve(workdir: &str, path: &str) -> String {
 
 /// The context entries a COPY source names: a file, or everything under a folder (`.` is the whole context).
 fn select<'a>(context: &'a [Entry], source: &str) -> Result<Vec<(&'a Entry, String)>, String> {
-    if source.contains(['*', '?', '[']) {
-        return Err(format!(
-            "`{source}`: wildcards in COPY sources are not supported yet"
-        ));
-    }
     let clean = resolve("/", source);
     if source.split('/').any(|p| p == "..") {
         return Err(format!("`{source}` is outside the build context"));
+    }
+    if source.contains(['*', '?', '[']) {
+        return select_matching(context, source, clean.trim_start_matches('/'));
     }
     let rel = clean.trim_start_matches('/');
     if let Some(file) = context.iter().find(|e| e.path == rel) {
@@ -147,6 +143,38 @@ fn select<'a>(context: &'a [Entry], source: &str) -> Result<Vec<(&'a Entry, Stri
         return Err(format!("`{source}` is not in the build context"));
     }
     Ok(under)
+}
+
+/// The context entries a wildcard source names (`*` and `?` stay within one path segment, as in Docker): each
+/// matching file by its name, and the contents of each matching folder.
+fn select_matching<'a>(
+    context: &'a [Entry],
+    source: &str,
+    pattern: &str,
+) -> Result<Vec<(&'a Entry, String)>, String> {
+    let matcher = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("`{source}` is not a valid pattern: {e}"))?
+        .compile_matcher();
+    let mut picked = Vec::new();
+    for entry in context {
+        let parts: Vec<&str> = entry.path.split('/').collect();
+        // The shortest matching ancestor (or the entry itself) decides where it lands.
+        let hit = (1..=parts.len()).find(|n| matcher.is_match(parts[..*n].join("/")));
+        if let Some(n) = hit {
+            let inner = if n == parts.len() {
+                parts[n - 1].to_owned()
+            } else {
+                parts[n..].join("/")
+            };
+            picked.push((entry, inner));
+        }
+    }
+    if picked.is_empty() {
+        return Err(format!("`{source}` matches nothing in the build context"));
+    }
+    Ok(picked)
 }
 
 pub(crate) fn copy_entries(
@@ -187,6 +215,20 @@ pub(crate) fn copy_entries(
             } else {
                 format!("{}/{inner}", dest.trim_end_matches('/'))
             };
+            // ADD unpacks a local archive into the destination folder.
+            if copy.add
+                && let crate::layer::Kind::File(bytes) = &entry.kind
+                && crate::layer::is_archive(bytes)
+            {
+                let into = dest.trim_matches('/');
+                let unpacked = crate::layer::unpack(bytes, into)
+                    .map_err(|e| format!("ADD {}: {e}", entry.path))?;
+                let paths: std::collections::HashSet<&str> =
+                    unpacked.iter().map(|u| u.path.as_str()).collect();
+                out.retain(|e: &Entry| !paths.contains(e.path.as_str()));
+                out.extend(unpacked);
+                continue;
+            }
             let mut e = entry.clone();
             e.path = target.trim_start_matches('/').to_owned();
             if let Some(mode) = copy.chmod {
@@ -293,7 +335,6 @@ pub fn plan(
                     key,
                     entries,
                     chown,
-                    unpack: copy.add,
                 });
             }
             Instruction::Run { command, secrets } => {
@@ -484,11 +525,78 @@ mod tests {
         for (text, needle) in [
             ("FROM x\nCOPY ../secret /s\n", "outside the build context"),
             ("FROM x\nCOPY missing.txt /m\n", "not in the build context"),
-            ("FROM x\nCOPY *.py /app/\n", "wildcards"),
+            ("FROM x\nCOPY ../*.py /app/\n", "outside the build context"),
         ] {
             let err = planned(text, &[]).unwrap_err();
             assert_eq!(err.line, 2, "{text}");
             assert!(err.message.contains(needle), "{}", err.message);
         }
+    }
+
+    fn copied(text: &str) -> Result<Vec<String>, Problem> {
+        let (steps, _) = planned(text, &[])?;
+        let Some(Step::Copy { entries, .. }) = steps.last() else {
+            panic!("not a COPY")
+        };
+        let mut paths: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
+        paths.sort();
+        Ok(paths)
+    }
+
+    #[test]
+    fn wildcards_pick_matching_files_and_the_contents_of_matching_folders() {
+        assert_eq!(
+            copied("FROM b\nCOPY *.txt /deps/\n").unwrap(),
+            ["deps/requirements.txt"]
+        );
+        assert_eq!(
+            copied("FROM b\nCOPY stat* /srv/\n").unwrap(),
+            ["srv/a.css", "srv/img/b.png"]
+        );
+        assert_eq!(
+            copied("FROM b\nCOPY static/*.css /css/\n").unwrap(),
+            ["css/a.css"]
+        );
+        let err = copied("FROM b\nCOPY *.rs /x/\n").unwrap_err();
+        assert!(err.message.contains("matches nothing"), "{}", err.message);
+        assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn add_unpacks_a_local_archive_into_the_destination() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "dist/app.js", &b"js"[..])
+            .unwrap();
+        let archive = builder.into_inner().unwrap();
+        let mut ctx = context();
+        ctx.push(Entry {
+            path: "site.tar".into(),
+            kind: Kind::File(archive),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+        let parsed = parse("FROM b\nADD site.tar /srv\nCOPY site.tar /raw/\n").unwrap();
+        let (steps, _) = plan(
+            &parsed.stages[0],
+            Settings::default(),
+            &BTreeMap::new(),
+            &ctx,
+            (step_key(None, "FROM base", &[]), &BTreeMap::new()),
+        )
+        .unwrap();
+        let paths = |i: usize| match &steps[i] {
+            Step::Copy { entries, .. } => {
+                entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>()
+            }
+            _ => panic!("not a COPY"),
+        };
+        assert_eq!(paths(0), ["srv/dist/app.js"], "ADD unpacks");
+        assert_eq!(paths(1), ["raw/site.tar"], "COPY does not");
     }
 }

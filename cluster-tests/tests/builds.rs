@@ -312,6 +312,28 @@ fn a_pushed_docker_space_is_built_run_and_rebuilt_from_its_cache() {
     let log = cl.build_log(id);
     assert_eq!(log.matches("  cached: ").count(), 3, "{log}");
 
+    // A factory restart rebuilds without the cache: every step made again, to the same image.
+    api(
+        &cl.c.api_url,
+        &cl.admin,
+        "POST",
+        &format!("/api/spaces/{id}/restart?factory=true"),
+        None,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let log = loop {
+        let log = cl.build_log(id);
+        if log.contains("without the cache") && log.contains("built spaces/") {
+            break log;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(log.matches("  cached: ").count(), 0, "{log}");
+    assert_eq!(log.matches("  made ").count(), 3, "{log}");
+    assert_eq!(cl.image(id).0, image_id, "the same image without the cache");
+
     // A one-file change: only the COPY layer is made again.
     commit(&repo, &[("index.html", b"<h1>changed</h1>\n")], "change");
     git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
@@ -377,7 +399,20 @@ fn wait_newer_build(cl: &Cluster, id: &str, old_image: &str, changed: bool) {
 #[test]
 fn failing_builds_end_in_build_error_naming_the_step() {
     let cl = Cluster::start("fail", "10.91.1.0/24");
-    let cases: [(&str, String, &[&str]); 4] = [
+    // 48 MiB of zeros in a tar.gz of a few dozen KiB.
+    let bomb = {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(48 << 20);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "zeros.bin", std::io::repeat(0).take(48 << 20))
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    };
+    let cases: [(&str, String, &[&str]); 5] = [
         (
             "runfails",
             "FROM busybox:latest\nRUN echo about to fail && exit 3\n".to_owned(),
@@ -402,12 +437,21 @@ fn failing_builds_end_in_build_error_naming_the_step() {
             "FROM busybox:latest\nCOPY ../etc/passwd /x\nCMD [\"true\"]\n".to_owned(),
             &["Dockerfile:2", "outside the build context"],
         ),
+        (
+            "tarbomb",
+            "FROM busybox:latest\nADD bomb.tar.gz /data/\nCMD [\"true\"]\n".to_owned(),
+            &["Dockerfile:2", "ADD bomb.tar.gz", "tar bomb"],
+        ),
     ];
     for (name, dockerfile, expected) in &cases {
         let repo = cl.space(name);
         commit(
             &repo,
-            &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
+            &[
+                ("README.md", README),
+                ("Dockerfile", dockerfile.as_bytes()),
+                ("bomb.tar.gz", &bomb),
+            ],
             "broken",
         );
         git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
