@@ -26,8 +26,9 @@ data_dir=${SPACEDOCK_DEV_DIR:-$HOME/.spacedock-dev}
 coordinators=${SPACEDOCK_COORDINATORS:-1}
 step "starting a $coordinators-coordinator cluster in $data_dir (Ctrl-C stops it)"
 cat <<MSG
-The example Spaces are created as Space repos; building them from git arrives with the repos and builder issues.
-admin/hello runs now: a prebuilt-image Space (busybox httpd) in a container, opened at the URL printed below.
+The example Spaces are pushed with git and built by the cluster's builder (the Python base for the Gradio and
+Streamlit ones is made from Debian packages first, once); each one's URL is printed once it runs.
+admin/hello is a prebuilt-image Space (busybox httpd) in a container.
 MSG
 exec "$bin/spacedock" dev --coordinators "$coordinators" --agents "${SPACEDOCK_AGENTS:-1}" \
-  --data-dir "$data_dir" --examples ops/examples
+  --data-dir "$data_dir" --examples ops/examples --python-base 3.11

@@ -305,6 +305,19 @@ impl Runner {
                 .and_then(|edits| cdi::apply(&mut spec, &edits, cdi::device_number))
                 .map_err(|e| anyhow!("GPUs {:?}: {e}", a.gpus))?;
         }
+        // `/etc/hosts` as Docker gives it: `localhost` and the container's own name resolve (apps such as
+        // Gradio call themselves by name once they listen).
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, hosts_file(&a.id, address))
+            .with_context(|| format!("writing {}", hosts.display()))?;
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            mounts.push(serde_json::json!({
+                "destination": "/etc/hosts",
+                "type": "bind",
+                "source": hosts,
+                "options": ["rbind", "ro"],
+            }));
+        }
         let spec_json = serde_json::to_vec(&spec).context("encoding the runtime spec")?;
         containerd
             .start(&a.id, &chain, spec_json, &dir.join("run.log"))
@@ -451,6 +464,13 @@ pub fn redact(text: &str, a: &Assignment) -> String {
 }
 
 /// The spec module's view of an assignment.
+/// A container's `/etc/hosts`: the loopback names and its own (its hostname is the allocation id).
+fn hosts_file(hostname: &str, address: Ipv4Addr) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{address}\t{hostname}\n"
+    )
+}
+
 fn spec_allocation(a: &Assignment, netns_path: Option<String>) -> spec::Allocation {
     let accelerator = (!a.gpus.is_empty()).then(|| Accelerator {
         vendor: "nvidia".into(),

@@ -207,12 +207,13 @@ impl Builder {
                 .at("context")?;
         self.fill_lfs(&mut context).await.at("context")?;
         let config = space_config(&context)?;
-        let dockerfile_text = match config.sdk {
+        let (dockerfile_text, preload_at) = match config.sdk {
             Sdk::Docker => {
                 let bytes = file(&context, "Dockerfile")
                     .ok_or_else(|| Failure::at("Dockerfile", "Dockerfile is not in the repo"))?;
-                String::from_utf8(bytes.to_vec())
-                    .map_err(|_| Failure::at("Dockerfile", "Dockerfile is not UTF-8 text"))?
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| Failure::at("Dockerfile", "Dockerfile is not UTF-8 text"))?;
+                (text, None)
             }
             Sdk::Gradio | Sdk::Streamlit => {
                 let base = self.python_base(&config.python_version, log).await?;
@@ -221,7 +222,11 @@ impl Builder {
                     "the {} Space's Dockerfile:\n{text}",
                     config.sdk.as_str()
                 ));
-                text
+                let app_line = text
+                    .lines()
+                    .position(|l| l == crate::sdk::APP_PART)
+                    .map(|i| i + 1);
+                (text, app_line)
             }
             Sdk::Static => {
                 return Err(Failure::at(
@@ -233,7 +238,7 @@ impl Builder {
         let image = self
             .dockerfile(
                 job,
-                &dockerfile_text,
+                (&dockerfile_text, preload_at),
                 &context,
                 &config.preload_from_hub,
                 log,
@@ -339,12 +344,12 @@ impl Builder {
         Ok(())
     }
 
-    /// Builds the Dockerfile's last stage (and the earlier stages it takes files or its base from) on its
-    /// base and the `preload_from_hub` layers.
+    /// Builds the Dockerfile's last stage (and the earlier stages it takes files or its base from) with the
+    /// `preload_from_hub` layers: on its base, or before line `preload_at` of the last stage when given.
     async fn dockerfile(
         &self,
         job: &BuildJob,
-        text: &str,
+        (text, preload_at): (&str, Option<usize>),
         context: &BuildContext,
         preloads: &[Preload],
         log: &Log,
@@ -394,24 +399,13 @@ impl Builder {
                 log.line(format!("FROM {from}"));
             }
             let from_step = format!("Dockerfile:{} FROM", stage.line);
-            let mut base = match built.get(&from.to_ascii_lowercase()) {
+            let base = match built.get(&from.to_ascii_lowercase()) {
                 Some(stage) => stage.clone(),
                 None => self
                     .base(&from)
                     .await
                     .map_err(|e| Failure::at(&from_step, format!("{e:#}")))?,
             };
-            if index == target {
-                for preload in preloads {
-                    let step = format!("README.md preload_from_hub {}", preload.repo_id);
-                    let (layer, key) = self
-                        .preload(job, preload, log)
-                        .await
-                        .map_err(|e| Failure::at(&step, format!("{e:#}")))?;
-                    base.layers.push(layer);
-                    base.key = crate::layer::step_key(Some(&base.key), "preload", &[key]);
-                }
-            }
             for (line, instruction) in &stage.instructions {
                 if let dockerfile::Instruction::Copy(copy) = instruction
                     && let Some(from) = &copy.from
@@ -423,9 +417,33 @@ impl Builder {
                     built.insert(from.to_ascii_lowercase(), image);
                 }
             }
-            let image = self
-                .stage(job, stage, base, (&args, context), &built, log)
-                .await?;
+            let inputs = (&args, context);
+            let image = match (index == target, preload_at) {
+                (false, _) => self.stage(job, stage, base, inputs, &built, log).await?,
+                (true, None) => {
+                    let base = self.with_preloads(job, base, preloads, log).await?;
+                    self.stage(job, stage, base, inputs, &built, log).await?
+                }
+                // The preload layers go between the dependencies and the app (SDK Spaces), so a Space's
+                // preload does not change its dependency layers' keys.
+                (true, Some(line)) => {
+                    let (deps, app): (Vec<_>, Vec<_>) = stage
+                        .instructions
+                        .iter()
+                        .cloned()
+                        .partition(|(l, _)| *l < line);
+                    let part = |instructions| dockerfile::Stage {
+                        instructions,
+                        ..stage.clone()
+                    };
+                    let image = self
+                        .stage(job, &part(deps), base, inputs, &built, log)
+                        .await?;
+                    let image = self.with_preloads(job, image, preloads, log).await?;
+                    self.stage(job, &part(app), image, inputs, &built, log)
+                        .await?
+                }
+            };
             built.insert(index.to_string(), image.clone());
             if let Some(name) = &stage.name {
                 built.insert(name.to_ascii_lowercase(), image.clone());
@@ -435,6 +453,26 @@ impl Builder {
             }
         }
         Err(Failure::at("Dockerfile", "the last stage was not built"))
+    }
+
+    /// The image with a layer for each `preload_from_hub` entry on top.
+    async fn with_preloads(
+        &self,
+        job: &BuildJob,
+        mut image: Image,
+        preloads: &[Preload],
+        log: &Log,
+    ) -> Result<Image, Failure> {
+        for preload in preloads {
+            let step = format!("README.md preload_from_hub {}", preload.repo_id);
+            let (layer, key) = self
+                .preload(job, preload, log)
+                .await
+                .map_err(|e| Failure::at(&step, format!("{e:#}")))?;
+            image.layers.push(layer);
+            image.key = crate::layer::step_key(Some(&image.key), "preload", &[key]);
+        }
+        Ok(image)
     }
 
     /// Builds one stage on `base`; `built` has what `COPY --from` may name.

@@ -3,7 +3,7 @@
 //! step's environment and its secret mounts (files under `/run/secrets` bound read-only for this step only),
 //! its output streamed to the build log. What the command changed, read from the container's overlayfs upper
 //! directory, becomes the step's layer: a reproducible tar (`layer::write`) with OCI whiteouts for deletions.
-//! Mount points runc makes (`/run/secrets`, `/run/spacedock`, an empty `/etc/resolv.conf`) are left out, so
+//! Mount points runc makes (`/run/secrets`, `/run/spacedock`, an empty `/etc/resolv.conf` or `/etc/hosts`) are left out, so
 //! no secret and no host file reaches a layer. The builder's extra CA certificates (for TLS-intercepting
 //! proxies) are bound at `/run/spacedock/ca-certificates.crt` with the variables TLS clients read pointing at
 //! them, for the step only.
@@ -270,11 +270,11 @@ impl Runner {
             secret_targets.push(target.trim_start_matches('/').to_owned());
             binds.push((file, target));
         }
-        if Path::new("/etc/resolv.conf").exists() {
-            binds.push((
-                PathBuf::from("/etc/resolv.conf"),
-                "/etc/resolv.conf".to_owned(),
-            ));
+        // The host's name service files, as the host network goes with them.
+        for file in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(file).exists() {
+                binds.push((PathBuf::from(file), file.to_owned()));
+            }
         }
         let mut env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if let Some(bundle) = &self.ca_bundle {
@@ -362,7 +362,7 @@ fn stream_output(path: &Path, offset: u64, log: &Log, all: bool) -> u64 {
 /// The entries of an overlayfs upper directory as layer entries: files, folders and links as they are
 /// (owners and permission bits kept), a deleted path (a 0/0 character device) as `.wh.NAME`, a folder made
 /// opaque as the folder and `.wh..wh..opq` in it. Paths in `skip` (and what is under them) are left out, and
-/// an empty `etc/resolv.conf` (a mount point).
+/// an empty `etc/resolv.conf` or `etc/hosts` (mount points).
 pub fn changes(upper: &Path, skip: &[String]) -> anyhow::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     walk(upper, upper, skip, &mut entries)?;
@@ -427,7 +427,7 @@ fn walk(root: &Path, dir: &Path, skip: &[String], out: &mut Vec<Entry>) -> anyho
             let target = std::fs::read_link(&path)?;
             out.push(entry(Kind::Symlink(target.to_string_lossy().into_owned())));
         } else if file_type.is_file() {
-            if rel == "etc/resolv.conf" && meta.len() == 0 {
+            if (rel == "etc/resolv.conf" || rel == "etc/hosts") && meta.len() == 0 {
                 continue;
             }
             out.push(entry(Kind::File(std::fs::read(&path)?)));

@@ -1,11 +1,15 @@
 //! Gradio and Streamlit Spaces as a Dockerfile (no IO), built like a Docker Space's own: a Python base for
 //! `python_version` (`spacedock/python:X`, made by `spacedock image bootstrap python`), a layer for
 //! `packages.txt` (Debian packages), one for `pre-requirements.txt`, one for `requirements.txt` with the SDK
-//! at `sdk_version`, then the app files under `/home/user/app` owned by uid 1000, and the command that starts
-//! the app on `app_port`. Each dependency layer copies only its own file, so changing app files rebuilds only
+//! at `sdk_version`, then (from `APP_PART` on; the builder puts the `preload_from_hub` layers before it) the
+//! app files under `/home/user/app` owned by uid 1000, and the command that starts the app on `app_port`. Each dependency layer copies only its own file, so changing app files rebuilds only
 //! the app layer.
 
 use spacedock_shared::space_config::{Sdk, SpaceConfig};
+
+/// The line where a Space's own part starts (after the dependency layers); `preload_from_hub` layers go
+/// before it.
+pub const APP_PART: &str = "USER 1000:1000";
 
 /// The base image name for a Python version.
 pub fn python_base(version: &str) -> String {
@@ -69,7 +73,7 @@ pub fn dockerfile(config: &SpaceConfig, base: &str, has: impl Fn(&str) -> bool) 
     let port = config.app_port;
     let app = config.effective_app_file().unwrap_or("app.py");
     lines.extend([
-        "USER 1000:1000".to_owned(),
+        APP_PART.to_owned(),
         "ENV HOME=/home/user PYTHONUNBUFFERED=1".to_owned(),
         "WORKDIR /home/user/app".to_owned(),
         "COPY --chown=1000:1000 . /home/user/app".to_owned(),

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spacedock_cluster_tests::git::{clone, commit, git_ok};
 use spacedock_cluster_tests::{
-    Agent, ContainersGuard, Coordinator, api, api_bytes, busybox_image, http_get, run, sse_data,
-    test_flavors_config,
+    Agent, ContainersGuard, Coordinator, api, api_bytes, busybox_image, http_get, repo_root, run,
+    sse_data, test_flavors_config,
 };
 
 const SECRET: &str = "s3cr3t-build-token-value";
@@ -497,21 +497,23 @@ fn a_gradio_space_is_built_on_a_bootstrapped_python_base() {
     let readme = b"---\ntitle: Echo\nsdk: gradio\nsdk_version: 4.44.1\npython_version: \"3.10\"\npreload_from_hub:\n  - admin/tiny weights.txt\n---\n";
     let app = br#"import os
 import gradio as gr
-import six
 from huggingface_hub import hf_hub_download
 
 weights = open(hf_hub_download("admin/tiny", "weights.txt")).read().strip()
 
 def echo(text):
-    return f"{os.environ['SPACE_ID']} ({six.__name__}): {text}"
+    return f"{os.environ['SPACE_ID']}: {text}"
 
 gr.Interface(fn=echo, inputs="text", outputs="text", title=f"Echo {weights}").launch()
 "#;
+    let requirements =
+        std::fs::read(repo_root().join("ops/examples/gradio-echo/requirements.txt")).unwrap();
     let files: [(&str, &[u8]); 3] = [
         ("README.md", readme),
         ("app.py", app),
-        // gradio 4 imports what huggingface_hub 1.0 removed.
-        ("requirements.txt", b"six==1.16.0\nhuggingface_hub<1\n"),
+        // The Gradio example's requirements (a pin from PyPI), so its build reuses this one's pip layer: the
+        // preload goes after the dependency layers.
+        ("requirements.txt", &requirements),
     ];
     let repo = cl.space("echo");
     cl.call(
@@ -557,8 +559,12 @@ gr.Interface(fn=echo, inputs="text", outputs="text", title=f"Echo {weights}").la
     cl.wait_stage("admin/echo2", "RUNNING", Duration::from_secs(300));
     let (_, first) = cl.image(id);
     let (_, second) = cl.image("admin/echo2");
-    assert_eq!(first[1], second[1], "the preload layer is shared");
     let n = first.len();
+    assert_eq!(
+        first[n - 2],
+        second[n - 2],
+        "the preload layer (under the app's) is shared"
+    );
     assert_eq!(first[..n - 1], second[..n - 1]);
     let log = cl.build_log("admin/echo2");
     assert_eq!(log.matches("  made ").count(), 1, "{log}");
@@ -580,6 +586,44 @@ gr.Interface(fn=echo, inputs="text", outputs="text", title=f"Echo {weights}").la
     );
     let log = cl.build_log(id);
     assert_eq!(log.matches("  made ").count(), 1, "{log}");
+
+    // The repo's example Spaces, pushed with git as they are, one at a time (the node has room for two of
+    // these flavors): each is built (or served, for the static one) and answers through the ingress, then is
+    // paused to free its slot. The Gradio one answers its API.
+    let pause = |id: &str| {
+        cl.call("POST", &format!("/api/spaces/{id}/pause"), None);
+    };
+    pause(id);
+    pause("admin/echo2");
+    let examples = repo_root().join("ops/examples");
+    for (name, path, expected) in [
+        ("static-hello", "/", "window.huggingface"),
+        (
+            "docker-hello",
+            "/",
+            "Hello from a Docker Space on spacedock",
+        ),
+        ("gradio-echo", "/config", "Gradio Echo"),
+        ("streamlit-counter", "/_stcore/health", "ok"),
+    ] {
+        let repo = cl.space(name);
+        copy_tree(&examples.join(name), &repo);
+        git_ok(&repo, &["add", "-A"]);
+        git_ok(&repo, &["commit", "-q", "-m", "the example"]);
+        git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+        let space = format!("admin/{name}");
+        cl.wait_stage(&space, "RUNNING", Duration::from_secs(600));
+        let host = format!("admin-{name}.localhost");
+        let (status, body) = http_get(&cl.c.api_url, &host, path).unwrap();
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(body.contains(expected), "{name}: {body}");
+        if name == "gradio-echo" {
+            gradio_answers(&cl, &host);
+        }
+        if name != "static-hello" {
+            pause(&space);
+        }
+    }
 }
 
 /// Creates model repo `id` and pushes `files` to its main branch with git.
@@ -846,4 +890,57 @@ fn a_base_image_comes_from_an_oci_registry() {
         "{message}"
     );
     assert!(message.contains("HTTP 404"), "{message}");
+}
+
+/// Copies a folder's files into another (a checkout), keeping relative paths.
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The Gradio example's REST API through the ingress: a call, then its result as an event stream; its page
+/// renders and it keeps running (Gradio calls itself once it listens). Its pip layer was the test Space's.
+fn gradio_answers(cl: &Cluster, host: &str) {
+    let log = cl.build_log("admin/gradio-echo");
+    assert_eq!(
+        log.matches("  made ").count(),
+        1,
+        "only the example's app layer is new; its pip layer is the test Space's:\n{log}"
+    );
+    let port = cl.c.api_url.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"data": ["hello"]}"#,
+        ])
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("http://{host}:{port}/call/predict"))
+        .output()
+        .expect("curl (ops/test.sh installs it)");
+    let call: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            cl.runtime("admin/gradio-echo")
+        )
+    });
+    let event = call["event_id"].as_str().unwrap();
+    let (status, body) = http_get(&cl.c.api_url, host, &format!("/call/predict/{event}")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("admin/gradio-echo: hello"), "{body}");
+    let (status, body) = http_get(&cl.c.api_url, host, "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cl.runtime("admin/gradio-echo")["stage"], "RUNNING");
 }

@@ -43,6 +43,11 @@ pub fn release_for(version: &str) -> anyhow::Result<&'static str> {
         })
 }
 
+/// The base's name in the cluster's store (the builder looks for it).
+pub fn python_base_name(version: &str) -> String {
+    format!("spacedock/python:{version}")
+}
+
 /// The image's OCI config: the venv first on `PATH`, `python3` as the command, `/home/user` as the workdir.
 pub fn config_json(version: &str, diff_id: &str) -> Vec<u8> {
     let config = json!({
@@ -177,7 +182,7 @@ pub fn python(client: &Client, version: &str, mirror: &str) -> anyhow::Result<St
     let mut sha = sha2::Sha256::new();
     std::io::copy(&mut file, &mut sha)?;
     let diff_id = format!("sha256:{}", hex::encode(sha.finalize()));
-    let name = format!("spacedock/python:{version}");
+    let name = python_base_name(version);
     let config = config_json(version, &diff_id);
     let archive = work.path().join("image.tar");
     {

@@ -40,6 +40,10 @@ pub struct DevArgs {
     /// DIR/containerd].
     #[arg(long)]
     containerd_socket: Option<PathBuf>,
+    /// With --examples: make the Python base `spacedock/python:VERSION` first (debootstrap, as root) when the
+    /// cluster has none, so the Gradio and Streamlit examples build.
+    #[arg(long, value_name = "VERSION")]
+    python_base: Option<String>,
 }
 
 /// `DIR/cluster.json`.
@@ -249,6 +253,22 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             && let Err(e) = import_busybox_base(&admin, &dir)
         {
             println!("The base image busybox:latest could not be imported: {e:#}");
+        }
+        if let Some(version) = &args.python_base {
+            let name = crate::bootstrap::python_base_name(version);
+            let have = admin.get("/api/images").ok().is_some_and(|images| {
+                images
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|i| i["name"] == name.as_str()))
+            });
+            if !have {
+                println!("making the Python base {name} from Debian packages (a minute or two)...");
+                if let Err(e) =
+                    crate::bootstrap::python(&admin, version, crate::bootstrap::DEFAULT_MIRROR)
+                {
+                    println!("The Python base could not be made: {e:#}");
+                }
+            }
         }
         let examples_list = example_spaces(examples)?;
         for (name, sdk) in &examples_list {
