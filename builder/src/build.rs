@@ -24,8 +24,9 @@ use crate::layer::{Kind, Layer};
 use crate::plan::{Settings, Step};
 use crate::service::Report;
 
-/// Lines of the log's end that a failure's message carries.
+/// Lines of the log's end that a failure's message carries, and at most how many bytes of them.
 const TAIL_LINES: usize = 20;
+const TAIL_BYTES: usize = 4096;
 
 /// A build's log: each line goes to the leader (secret values replaced by `***`) and the last ones are kept
 /// for the failure message.
@@ -80,9 +81,16 @@ impl Log {
         self.lines(line.as_ref());
     }
 
+    /// The last lines, at most `TAIL_BYTES` of them (a result goes through Raft: one very long line must not
+    /// make it huge).
     fn tail(&self) -> String {
         let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+        let text = tail.iter().cloned().collect::<Vec<_>>().join("\n");
+        let mut cut = text.len().saturating_sub(TAIL_BYTES);
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text[cut..].to_owned()
     }
 }
 
@@ -890,6 +898,25 @@ fn space_config(context: &BuildContext) -> Result<SpaceConfig, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failures_log_tail_is_bounded_and_redacted() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let secret = EnvVar {
+            key: "TOKEN".into(),
+            value: "hunter22".into(),
+        };
+        let log = Log::new("b1", &[secret], tx);
+        log.line("the token is hunter22");
+        log.line("x".repeat(100_000));
+        let tail = log.tail();
+        assert_eq!(tail.len(), TAIL_BYTES);
+        assert!(tail.ends_with('x'));
+        match rx.try_recv().unwrap() {
+            Report::Send(wire::Message::BuildLog(l)) => assert_eq!(l.text, "the token is ***\n"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn only_the_stages_the_last_one_needs_are_built() {
