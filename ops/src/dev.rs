@@ -367,7 +367,8 @@ fn wait_built(admin: &Client, names: &[&str]) {
     }
     for name in waiting {
         println!(
-            "Space admin/{name} is still building; see `spacedock` logs or GET /api/spaces/admin/{name}/logs/build"
+            "Space admin/{name} is still building; its log: GET /api/spaces/admin/{name}/logs/build \
+             (HfApi().fetch_space_logs(\"admin/{name}\", build=True))"
         );
     }
 }
