@@ -601,10 +601,20 @@ impl Builder {
                 Ok(layer)
             }
             Step::Run { .. } => {
-                let passwd = self.read(image, "etc/passwd")?;
+                let (passwd, group) = (
+                    self.read(image, "etc/passwd")?,
+                    self.read(image, "etc/group")?,
+                );
                 let bytes = self
                     .runner
-                    .run(step, image, &self.cache, &passwd, &job.secrets, log)
+                    .run(
+                        step,
+                        image,
+                        &self.cache,
+                        (&passwd, &group),
+                        &job.secrets,
+                        log,
+                    )
                     .await?;
                 let digest = self.cache.put(&bytes)?;
                 Ok(Layer {

@@ -245,22 +245,15 @@ impl Client {
             .ok_or_else(|| anyhow!("the manifest names no config"))?
             .to_owned();
         let config = self.blob(&config_digest)?;
-        let (_, diff_ids) = spacedock_shared::image::parse_config(&config)
-            .or_else(|e| {
-                // A base needs no command: only the layers matter here.
-                let value: serde_json::Value =
-                    serde_json::from_slice(&config).map_err(|_| e.clone())?;
-                let ids = value["rootfs"]["diff_ids"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .ok_or(e)?;
-                Ok::<_, String>((Default::default(), ids))
-            })
-            .map_err(|e| anyhow!("the image config: {e}"))?;
+        // A base needs no command of its own: only its layers are read here.
+        let value: serde_json::Value =
+            serde_json::from_slice(&config).context("the image config is not JSON")?;
+        let diff_ids: Vec<String> = value["rootfs"]["diff_ids"]
+            .as_array()
+            .ok_or_else(|| anyhow!("the image config has no rootfs.diff_ids"))?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
         let descriptors = manifest["layers"]
             .as_array()
             .ok_or_else(|| anyhow!("the manifest has no layers"))?

@@ -209,7 +209,7 @@ impl Runner {
         step: &Step,
         image: &Image,
         cache: &Cache,
-        passwd: &str,
+        (passwd, group): (&str, &str),
         secrets: &[EnvVar],
         log: &Log,
     ) -> anyhow::Result<Vec<u8>> {
@@ -225,9 +225,8 @@ impl Runner {
             bail!("not a RUN step");
         };
         let user = if user.is_empty() { "0" } else { user.as_str() };
-        let group = String::new();
         let (uid, gid) =
-            crate::image::owners(user, passwd, &group).map_err(|e| anyhow!("USER: {e}"))?;
+            crate::image::owners(user, passwd, group).map_err(|e| anyhow!("USER: {e}"))?;
         let containerd = Containerd::connect(&self.socket, &self.namespace).await?;
         let mut descriptors = Vec::new();
         for layer in &image.layers {
