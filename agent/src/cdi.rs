@@ -81,6 +81,17 @@ pub struct CdiSpec {
     pub source: String,
 }
 
+impl CdiSpec {
+    /// The host files the spec binds into containers (its own edits' and every device's).
+    pub fn mount_sources(&self) -> Vec<String> {
+        let devices = self.devices.iter().map(|d| &d.container_edits);
+        std::iter::once(&self.container_edits)
+            .chain(devices)
+            .flat_map(|e| e.mounts.iter().map(|m| m.host_path.clone()))
+            .collect()
+    }
+}
+
 /// Parses a CDI spec (JSON, or YAML as `nvidia-ctk` writes by default).
 pub fn parse(text: &str, source: &str) -> Result<CdiSpec, String> {
     let value: Value = if text.trim_start().starts_with('{') {
@@ -363,6 +374,16 @@ mod tests {
         assert!(
             err.contains("no NVIDIA CDI spec") && err.contains("nvidia-ctk cdi generate"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn mount_sources_list_the_host_files_bound_in() {
+        let spec = parse(RECORDED, "nvidia.yaml").unwrap();
+        let sources = spec.mount_sources();
+        assert!(
+            sources.iter().any(|s| s.ends_with("/nvidia-smi")),
+            "{sources:?}"
         );
     }
 
