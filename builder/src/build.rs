@@ -255,20 +255,35 @@ impl Builder {
         let diff_ids: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
         let config_bytes = crate::image::config_json(&image.settings, &diff_ids);
         let config_digest = self.cache.put(&config_bytes).at("image config")?;
-        self.push(
-            &image.layers,
-            &config_digest,
-            config_bytes.len() as u64,
-            log,
+        let parts: Vec<(&str, u64)> = image
+            .layers
+            .iter()
+            .map(|l| (l.digest.as_str(), l.size))
+            .collect();
+        let manifest_bytes = spacedock_shared::image::oci_manifest(
+            (&config_digest, config_bytes.len() as u64),
+            &parts,
         )
-        .await
-        .at("push")?;
+        .map_err(anyhow::Error::msg)
+        .at("image manifest")?;
+        let manifest_digest = self.cache.put(&manifest_bytes).at("image manifest")?;
+        let blobs: Vec<(&str, u64)> = parts
+            .into_iter()
+            .chain([
+                (config_digest.as_str(), config_bytes.len() as u64),
+                (manifest_digest.as_str(), manifest_bytes.len() as u64),
+            ])
+            .collect();
+        self.push(&blobs, log).await.at("push")?;
+        let name = format!(
+            "{}{}",
+            wire::BUILT_IMAGE_PREFIX,
+            job.space_id.to_ascii_lowercase()
+        );
+        log.line(format!("image {name}@{manifest_digest}"));
         Ok(BuiltImage {
-            name: format!(
-                "{}{}",
-                wire::BUILT_IMAGE_PREFIX,
-                job.space_id.to_ascii_lowercase()
-            ),
+            name,
+            manifest: manifest_digest,
             config: config_digest,
             layers: image
                 .layers
@@ -818,19 +833,9 @@ impl Builder {
     }
 
     /// Uploads the blobs the cluster lacks.
-    async fn push(
-        &self,
-        layers: &[Layer],
-        config: &str,
-        config_size: u64,
-        log: &Log,
-    ) -> anyhow::Result<()> {
+    async fn push(&self, blobs: &[(&str, u64)], log: &Log) -> anyhow::Result<()> {
         let mut sent = 0u64;
-        let all = layers
-            .iter()
-            .map(|l| (l.digest.as_str(), l.size))
-            .chain(std::iter::once((config, config_size)));
-        for (digest, size) in all {
+        for &(digest, size) in blobs {
             if self.cluster.has(digest).await? {
                 continue;
             }

@@ -58,7 +58,7 @@ impl Cache {
 
     /// Stores bytes as a blob; returns its digest.
     pub fn put(&self, bytes: &[u8]) -> anyhow::Result<String> {
-        let digest = crate::image::digest(bytes);
+        let digest = spacedock_shared::image::sha256_digest(bytes);
         let path = self.path(&digest)?;
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
             touch(&path);

@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use sha2::Digest as _;
-
 use crate::plan::Settings;
 
 /// `USER[:GROUP]` (names or numbers) as uid and gid, by the image's `/etc/passwd` and `/etc/group`. A user
@@ -304,14 +302,10 @@ pub fn copy_layer(
     Ok((layer, bytes))
 }
 
-/// `sha256:` digest of some bytes (a config, a layer).
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spacedock_shared::image::sha256_digest as digest;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\nweb:x:33:44::/var/www:/bin/false\n";
     const GROUP: &str = "root:x:0:\nusers:x:100:\nuser:x:1000:\n";

@@ -158,7 +158,8 @@ impl Cluster {
         }
     }
 
-    /// The stored image a Space runs: its id and layer digests.
+    /// The stored image a Space runs: its manifest digest and layer digests. The manifest is a blob in the
+    /// store, an OCI image manifest naming the image's config and layers.
     fn image(&self, id: &str) -> (String, Vec<String>) {
         let name = format!("spaces/{id}");
         let images = self.call("GET", "/api/images", None);
@@ -174,8 +175,22 @@ impl Cluster {
             .unwrap()
             .iter()
             .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect::<Vec<String>>();
+        let digest = image["manifest"].as_str().unwrap().to_owned();
+        let manifest: Value = serde_json::from_slice(&self.blob(&digest)).unwrap();
+        assert_eq!(
+            manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+            "{manifest}"
+        );
+        assert_eq!(manifest["config"]["digest"], image["id"], "{manifest}");
+        let named: Vec<&str> = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap())
             .collect();
-        (image["id"].as_str().unwrap().to_owned(), layers)
+        assert_eq!(named, layers, "{manifest}");
+        (digest, layers)
     }
 
     fn blob(&self, digest: &str) -> Vec<u8> {
@@ -269,6 +284,11 @@ fn a_pushed_docker_space_is_built_run_and_rebuilt_from_its_cache() {
     // The image: the base layer and one per step; the secret reached the step but no layer holds it.
     let (image_id, layers) = cl.image(id);
     assert_eq!(layers.len(), 4, "{layers:?}");
+    let log = cl.build_log(id);
+    assert!(
+        log.contains(&format!("image spaces/{id}@{image_id}")),
+        "the builder reports the manifest digest:\n{log}"
+    );
     let (mut saw_length, mut saw_page) = (false, false);
     for digest in &layers {
         let bytes = cl.blob(digest);

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spacedock_cluster_tests::{
-    Agent, ContainersGuard, Coordinator, api, busybox_image, busybox_image_with, http_get,
-    http_get_with, run, run_python, test_containerd, test_flavors_config,
+    Agent, ContainersGuard, Coordinator, api, api_bytes, busybox_image, busybox_image_with,
+    http_get, http_get_with, run, run_python, test_containerd, test_flavors_config,
 };
 
 /// A coordinator with a small test flavor and one agent, both ready.
@@ -286,6 +286,25 @@ fn an_imported_image_runs_answers_and_survives_an_agent_restart() {
     );
     let listed = cl.cli(&["image", "list"]);
     assert!(listed.stdout.contains("demo/web:1"), "{listed:?}");
+    // The coordinator stored the image's OCI manifest, naming its config and layer.
+    let manifest_digest = first
+        .split("imported demo/web:1@")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no manifest digest in {first}"));
+    let path = format!("/api/blobs/{manifest_digest}");
+    let manifest: Value =
+        serde_json::from_slice(&api_bytes(&cl.c.api_url, &cl.admin, &path)).unwrap();
+    assert_eq!(manifest["schemaVersion"], 2, "{manifest}");
+    assert!(
+        first.contains(manifest["config"]["digest"].as_str().unwrap()),
+        "{first}\n{manifest}"
+    );
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        1,
+        "{manifest}"
+    );
 
     let id = cl.space("web", "demo/web:1", 60);
     let runtime = cl.wait_stage(&id, "RUNNING", Duration::from_secs(90));

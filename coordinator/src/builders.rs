@@ -265,7 +265,7 @@ async fn finish(authority: &Authority, name: &str, done: BuildDone) {
             match api::images::check_image(
                 &authority.blobs,
                 &built.name,
-                &built.config,
+                (&built.config, Some(built.manifest.as_str())),
                 &built.layers,
             )
             .await

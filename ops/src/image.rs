@@ -202,8 +202,9 @@ pub fn import(client: &Client, file: &Path, name: Option<String>) -> anyhow::Res
         &json!({ "name": name, "config": config_digest, "layers": layers }),
     )?;
     println!(
-        "imported {} ({}, {} bytes in {} layers)",
+        "imported {}@{} (config {}, {} bytes in {} layers)",
         image["name"].as_str().unwrap_or_default(),
+        image["manifest"].as_str().unwrap_or_default(),
         image["id"].as_str().unwrap_or_default(),
         image["size"],
         layers.len()
@@ -234,13 +235,20 @@ pub fn list(client: &Client, json_out: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(());
     }
-    println!("{:<40} {:<20} {:>12} {:>6}", "NAME", "ID", "SIZE", "LAYERS");
+    println!(
+        "{:<40} {:<20} {:<20} {:>12} {:>6}",
+        "NAME", "DIGEST", "ID", "SIZE", "LAYERS"
+    );
+    let short = |v: &Value| {
+        let s = v.as_str().unwrap_or_default();
+        s.get(..19).unwrap_or(s).to_owned()
+    };
     for image in images.as_array().into_iter().flatten() {
-        let id = image["id"].as_str().unwrap_or_default();
         println!(
-            "{:<40} {:<20} {:>12} {:>6}",
+            "{:<40} {:<20} {:<20} {:>12} {:>6}",
             image["name"].as_str().unwrap_or_default(),
-            id.get(..19).unwrap_or(id),
+            short(&image["manifest"]),
+            short(&image["id"]),
             image["size"],
             image["layers"].as_array().map_or(0, Vec::len)
         );

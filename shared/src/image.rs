@@ -1,5 +1,6 @@
 //! Reading an OCI image config (the JSON both OCI layouts and docker archives carry): what the container runs
-//! and the diff ids its layers must have; and writing a one-layer busybox image archive.
+//! and the diff ids its layers must have; the image's OCI manifest; and writing a one-layer busybox image
+//! archive.
 
 use crate::wire::ImageConfig;
 
@@ -52,6 +53,42 @@ pub fn parse_config(bytes: &[u8]) -> Result<(ImageConfig, Vec<String>), String> 
     Ok((image, config.rootfs.diff_ids))
 }
 
+/// The OCI image manifest of an image whose layers are uncompressed tars (as every image in the cluster's
+/// store is): `config` and each layer as (`sha256:` digest, size). The bytes depend on nothing else, so the
+/// same config and layers always give the same manifest digest, whoever writes it (the builder, the
+/// coordinator for an imported image).
+pub fn oci_manifest(config: (&str, u64), layers: &[(&str, u64)]) -> Result<Vec<u8>, String> {
+    use oci_spec::image::{Descriptor, Digest, ImageManifestBuilder, MediaType};
+    use std::str::FromStr;
+    let descriptor = |media: MediaType, (digest, size): (&str, u64)| {
+        let digest = Digest::from_str(digest).map_err(|e| format!("`{digest}`: {e}"))?;
+        Ok::<_, String>(Descriptor::new(media, size, digest))
+    };
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, config)?)
+        .layers(
+            layers
+                .iter()
+                .map(|l| descriptor(MediaType::ImageLayer, *l))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+        .build()
+        .map_err(|e| format!("image manifest: {e}"))?;
+    serde_json::to_vec(&manifest).map_err(|e| format!("image manifest: {e}"))
+}
+
+/// `sha256:HEX` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
 /// A `docker save` archive of a one-layer image made from a static busybox: `busybox` (its bytes) as
 /// `/bin/busybox` with `/bin/sh`, the directories `/www`, `/tmp` and `/home/user` (uid 1000), then `files`
 /// (`path`, contents, mode), `PATH=/bin`, `cmd` as its command in `/home/user`, tagged `name`. No IO: the caller
@@ -63,7 +100,6 @@ pub fn busybox_archive(
     cmd: &[&str],
     files: &[(&str, &[u8], u32)],
 ) -> std::io::Result<Vec<u8>> {
-    use sha2::Digest as _;
     let header = |kind: tar::EntryType, mode: u32, size: usize, uid: u64| {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
@@ -94,15 +130,11 @@ pub fn busybox_archive(
         layer.append_data(&mut h, path, *contents)?;
     }
     let layer = layer.into_inner()?;
-    let hex: String = sha2::Sha256::digest(&layer)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": { "Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/home/user" },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{hex}")] },
+        "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&layer)] },
     })
     .to_string();
     let manifest = serde_json::json!([{
@@ -126,6 +158,41 @@ pub fn busybox_archive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manifest_names_config_and_layers_and_depends_on_nothing_else() {
+        let config = sha256_digest(b"config");
+        let (a, b) = (sha256_digest(b"a"), sha256_digest(b"b"));
+        let bytes = oci_manifest((&config, 6), &[(&a, 10), (&b, 20)]).unwrap();
+        let m: oci_spec::image::ImageManifest = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(m.schema_version(), 2);
+        assert_eq!(m.config().digest().to_string(), config);
+        assert_eq!(
+            m.config().media_type(),
+            &oci_spec::image::MediaType::ImageConfig
+        );
+        let layers: Vec<(String, u64)> = m
+            .layers()
+            .iter()
+            .map(|l| (l.digest().to_string(), l.size()))
+            .collect();
+        assert_eq!(layers, [(a.clone(), 10), (b.clone(), 20)]);
+        assert!(
+            m.layers()
+                .iter()
+                .all(|l| l.media_type() == &oci_spec::image::MediaType::ImageLayer)
+        );
+        assert_eq!(
+            oci_manifest((&config, 6), &[(&a, 10), (&b, 20)]).unwrap(),
+            bytes
+        );
+        assert_ne!(
+            oci_manifest((&config, 6), &[(&b, 20), (&a, 10)]).unwrap(),
+            bytes
+        );
+        let err = oci_manifest(("sha256:short", 1), &[]).unwrap_err();
+        assert!(err.contains("sha256:short"), "{err}");
+    }
 
     #[test]
     fn a_docker_style_config_is_read() {

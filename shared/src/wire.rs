@@ -435,6 +435,8 @@ pub struct BuiltImage {
     pub name: String,
     /// `sha256:` digest of the OCI config.
     pub config: String,
+    /// `sha256:` digest of the OCI image manifest (`image::oci_manifest`), pushed with the rest.
+    pub manifest: String,
     pub layers: Vec<Layer>,
     pub port: u16,
     pub startup_timeout_s: u64,
@@ -736,6 +738,7 @@ mod tests {
                 result: BuildResult::Built(BuiltImage {
                     name: "n".into(),
                     config: "sha256:11".into(),
+                    manifest: "sha256:33".into(),
                     layers: vec![Layer {
                         digest: "sha256:22".into(),
                         size: 3,

@@ -353,6 +353,8 @@ pub struct Image {
     pub name: String,
     /// `sha256:` digest of the image's OCI config.
     pub id: String,
+    /// `sha256:` digest of its OCI image manifest (`spacedock_shared::image::oci_manifest`), a blob in the store.
+    pub manifest: String,
     pub config: spacedock_shared::wire::ImageConfig,
     pub layers: Vec<spacedock_shared::wire::Layer>,
     pub created_at: Millis,
@@ -566,8 +568,8 @@ impl State {
             .filter_map(move |o| o.members.get(&user).map(|r| (o, *r)))
     }
 
-    /// Every blob the state refers to (`sha256:` digests): repos' packs and LFS objects, images' configs and
-    /// layers. The rest of a blob store is garbage once it is old enough not to be an upload in flight.
+    /// Every blob the state refers to (`sha256:` digests): repos' packs and LFS objects, images' manifests,
+    /// configs and layers. The rest of a blob store is garbage once it is old enough not to be an upload in flight.
     pub fn referenced_blobs(&self) -> std::collections::BTreeSet<String> {
         let mut keep = std::collections::BTreeSet::new();
         for repo in self.repos.values() {
@@ -576,6 +578,7 @@ impl State {
         }
         for image in self.images.values() {
             keep.insert(image.id.clone());
+            keep.insert(image.manifest.clone());
             keep.extend(image.layers.iter().map(|l| l.digest.clone()));
         }
         keep

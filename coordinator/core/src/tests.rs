@@ -797,6 +797,7 @@ mod scheduling {
                 image: Image {
                     name: "demo:1".into(),
                     id: "sha256:c0".into(),
+                    manifest: "sha256:m0".into(),
                     config: ImageConfig::default(),
                     layers: vec![Layer {
                         digest: "sha256:l1".into(),
@@ -1038,6 +1039,7 @@ mod scheduling {
             image: Image {
                 name: name.into(),
                 id: "sha256:c1".into(),
+                manifest: "sha256:m1".into(),
                 config: ImageConfig::default(),
                 layers: vec![Layer {
                     digest: "sha256:l".into(),
@@ -1670,11 +1672,12 @@ mod refs {
             PACK.to_owned(),
             format!("sha256:{}", "b".repeat(64)),
             "sha256:c0".into(),
+            "sha256:m0".into(),
             "sha256:l1".into(),
         ] {
             assert!(keep.contains(&digest), "{digest} missing from {keep:?}");
         }
-        assert_eq!(keep.len(), 4);
+        assert_eq!(keep.len(), 5);
         c.run(
             ALICE,
             Command::DeleteRepo {
@@ -1685,7 +1688,7 @@ mod refs {
         .unwrap();
         assert_eq!(
             c.state.referenced_blobs().len(),
-            2,
+            3,
             "a deleted repo's blobs are garbage"
         );
     }
@@ -1840,6 +1843,7 @@ mod builds {
         let built = |id: &str| Image {
             name: "spaces/alice/app".into(),
             id: id.into(),
+            manifest: format!("{id}-manifest"),
             config: ImageConfig::default(),
             layers: vec![Layer {
                 digest: "sha256:l2".into(),

@@ -15,6 +15,7 @@ use spacedock_coordinator_core::apply::check_image_name;
 use spacedock_coordinator_core::state::{Image, Role};
 use spacedock_shared::image::parse_config;
 use spacedock_shared::wire::Layer;
+use std::sync::Arc;
 use tokio::io::AsyncReadExt as _;
 use tokio_stream::StreamExt as _;
 
@@ -182,14 +183,17 @@ pub(super) async fn receive_blob(
                 .map_err(|e| ApiError::bad_request(format!("{e:#}")))?
         }
     };
-    let copies = api.blobs.replicate(digest).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Unavailable",
-            format!("{e:#}"),
-        )
-    })?;
+    let copies = api.blobs.replicate(digest).await.map_err(unavailable)?;
     Ok((size, copies))
+}
+
+/// A blob that could not reach a quorum of the coordinators.
+fn unavailable(e: anyhow::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        format!("{e:#}"),
+    )
 }
 
 fn internal(e: anyhow::Error) -> ApiError {
@@ -235,18 +239,20 @@ async fn put_image(
             size: l.size,
         })
         .collect();
-    let image = check_image(&api.blobs, &body.name, &body.config, &layers).await?;
+    let image = check_image(&api.blobs, &body.name, (&body.config, None), &layers).await?;
     let answer = image_json(&image);
     api.write(&headers, Command::PutImage { image }).await?;
     Ok(JsonResponse(answer))
 }
 
 /// The image record for a config blob and layers the store holds (fetched from peers where this coordinator
-/// lacks them); the config's `rootfs.diff_ids` must name exactly these layers, with their sizes.
+/// lacks them); the config's `rootfs.diff_ids` must name exactly these layers, with their sizes. The image's
+/// OCI manifest follows from them; it is stored (replicated to a quorum) unless the store has it, and must
+/// have the digest the builder reported (`manifest`), if it reported one.
 pub(crate) async fn check_image(
-    blobs: &crate::blobs::Blobs,
+    blobs: &Arc<crate::blobs::Blobs>,
     name: &str,
-    config: &str,
+    (config, manifest): (&str, Option<&str>),
     layers: &[Layer],
 ) -> Result<Image, ApiError> {
     let missing = |digest: &str, e: anyhow::Error| {
@@ -254,7 +260,7 @@ pub(crate) async fn check_image(
             "{digest} is not in the cluster's blob store; upload it first ({e:#})"
         ))
     };
-    blobs.ensure(config).await.map_err(|e| missing(config, e))?;
+    let config_size = blobs.ensure(config).await.map_err(|e| missing(config, e))?;
     let bytes = match blobs.store.open(config, 0).await {
         Ok(Some((file, _))) => {
             let mut bytes = Vec::new();
@@ -288,9 +294,30 @@ pub(crate) async fn check_image(
             )));
         }
     }
+    let parts: Vec<(&str, u64)> = layers.iter().map(|l| (l.digest.as_str(), l.size)).collect();
+    let manifest_bytes = spacedock_shared::image::oci_manifest((config, config_size), &parts)
+        .map_err(ApiError::bad_request)?;
+    let manifest_digest = spacedock_shared::image::sha256_digest(&manifest_bytes);
+    if let Some(reported) = manifest.filter(|m| *m != manifest_digest) {
+        return Err(ApiError::bad_request(format!(
+            "the manifest {reported} is not the one its config and layers make ({manifest_digest})"
+        )));
+    }
+    if blobs.store.len(&manifest_digest).is_none() {
+        let mut writer = blobs.store.writer(&manifest_digest).map_err(internal)?;
+        writer
+            .write(&manifest_bytes)
+            .map_err(|e| internal(e.into()))?;
+        writer.finish().map_err(internal)?;
+    }
+    blobs
+        .replicate(&manifest_digest)
+        .await
+        .map_err(unavailable)?;
     Ok(Image {
         name: name.to_owned(),
         id: config.to_owned(),
+        manifest: manifest_digest,
         config: run_config,
         layers: layers.to_vec(),
         created_at: 0,
@@ -301,6 +328,7 @@ fn image_json(image: &Image) -> Value {
     json!({
         "name": image.name,
         "id": image.id,
+        "manifest": image.manifest,
         "size": image.size(),
         "layers": image.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
         "createdAt": iso8601(image.created_at),

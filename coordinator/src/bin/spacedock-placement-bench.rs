@@ -130,6 +130,7 @@ fn fleet(nodes: usize, spaces: usize) -> State {
             image: Image {
                 name: "bench/app:1".into(),
                 id: format!("sha256:{}", "c".repeat(64)),
+                manifest: format!("sha256:{}", "d".repeat(64)),
                 config: ImageConfig {
                     cmd: vec!["app".into()],
                     ..Default::default()
