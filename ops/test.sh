@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . ops/lib.sh
 
 ensure_debian_packages protobuf-compiler build-essential git ca-certificates python3 python3-venv iproute2 \
-  containerd runc busybox-static git-lfs curl debootstrap docker-registry
+  containerd runc busybox-static git-lfs curl debootstrap docker-registry chromium
 ensure_rust
 ensure_test_venv
 start_test_containerd "$PWD/target/test-containerd"

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use spacedock_cluster_tests::browser::Browser;
 use spacedock_cluster_tests::git::{clone, commit, git_ok};
 use spacedock_cluster_tests::{
     Agent, ContainersGuard, Coordinator, api, api_bytes, busybox_image, http_get, repo_root, run,
@@ -927,7 +928,8 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// The Gradio example's REST API through the ingress: a call, then its result as an event stream; its page
-/// renders and it keeps running (Gradio calls itself once it listens). Its pip layer was the test Space's.
+/// works in a real browser and it keeps running (Gradio calls itself once it listens). Its pip layer was the
+/// test Space's.
 fn gradio_answers(cl: &Cluster, host: &str) {
     let log = cl.build_log("admin/gradio-echo");
     assert_eq!(
@@ -962,5 +964,25 @@ fn gradio_answers(cl: &Cluster, host: &str) {
     assert!(body.contains("admin/gradio-echo: hello"), "{body}");
     let (status, body) = http_get(&cl.c.api_url, host, "/").unwrap();
     assert_eq!(status, 200, "{body}");
+    // In a browser: the page's scripts come through the ingress, and typing and pressing Submit reaches the app
+    // through Gradio's queue (a POST and an event stream) and shows its answer.
+    let mut browser = Browser::open(&format!("http://{host}:{port}/"));
+    browser.wait_for(
+        "document.querySelectorAll('textarea').length >= 2",
+        Duration::from_secs(60),
+        "the Gradio page's input and output boxes",
+    );
+    let submitted = browser.eval(
+        "(() => { const input = document.querySelector('textarea'); input.value = 'typed in a browser'; \
+         input.dispatchEvent(new Event('input', { bubbles: true })); \
+         const submit = [...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit'); \
+         if (submit) { submit.click(); } return !!submit; })()",
+    );
+    assert_eq!(submitted, Ok(Value::Bool(true)), "no Submit button");
+    browser.wait_for(
+        "[...document.querySelectorAll('textarea')].some(t => t.value === 'admin/gradio-echo: typed in a browser')",
+        Duration::from_secs(30),
+        "the app's answer in the page",
+    );
     assert_eq!(cl.runtime("admin/gradio-echo")["stage"], "RUNNING");
 }
