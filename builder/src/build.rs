@@ -620,8 +620,7 @@ impl Builder {
                     self.read(image, "etc/passwd")?,
                     self.read(image, "etc/group")?,
                 );
-                let bytes = self
-                    .runner
+                self.runner
                     .run(
                         step,
                         image,
@@ -630,12 +629,7 @@ impl Builder {
                         &job.secrets,
                         log,
                     )
-                    .await?;
-                let digest = self.cache.put(&bytes)?;
-                Ok(Layer {
-                    digest,
-                    size: bytes.len() as u64,
-                })
+                    .await
             }
         }
     }
@@ -676,22 +670,20 @@ impl Builder {
             log.line(format!("  cached: {}", layer.digest));
             return Ok((layer, key));
         }
-        let bytes = tokio::task::spawn_blocking(move || {
+        // The files are downloaded to disk and stream from there into the layer: models can be large.
+        let (cache, downloads) = (self.cache.clone(), self.data_dir.join("downloads"));
+        let layer = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&downloads)?;
+            let dir = tempfile::tempdir_in(&downloads)?;
             let mut files = Vec::new();
-            for path in &resolved.files {
-                let (etag, bytes) = hub.download(&resolved, path)?;
-                files.push((path.clone(), etag, bytes));
+            for (i, path) in resolved.files.iter().enumerate() {
+                let into = dir.path().join(i.to_string());
+                let etag = hub.download(&resolved, path, &into)?;
+                files.push((path.clone(), etag, Kind::HostFile(into)));
             }
-            let mut bytes = Vec::new();
-            crate::layer::write(crate::preload::layout(&resolved, files), &mut bytes)?;
-            anyhow::Ok(bytes)
+            cache.write_layer(crate::preload::layout(&resolved, files))
         })
         .await??;
-        let digest = self.cache.put(&bytes)?;
-        let layer = Layer {
-            digest,
-            size: bytes.len() as u64,
-        };
         self.cache.record_step(&key, &layer)?;
         log.line(format!("  made {} ({} bytes)", layer.digest, layer.size));
         Ok((layer, key))

@@ -11,7 +11,8 @@ use anyhow::{Context, anyhow};
 
 use crate::layer::Layer;
 
-#[derive(Debug)]
+/// Cheap to clone: paths and a number (a clone goes to blocking threads).
+#[derive(Debug, Clone)]
 pub struct Cache {
     blobs: PathBuf,
     steps: PathBuf,
@@ -31,6 +32,12 @@ impl Cache {
         let steps = data_dir.join("cache/steps");
         for dir in [&blobs, &steps] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // What a builder stopped in the middle of a write left behind.
+        for entry in std::fs::read_dir(&blobs)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         Ok(Cache {
             blobs,
@@ -73,6 +80,29 @@ impl Cache {
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         Ok(digest)
+    }
+
+    /// Writes `entries` as a layer (`layer::write`) straight into the cache, through a file: host files in the
+    /// entries stream from disk, so no layer needs to fit in memory.
+    pub fn write_layer(
+        &self,
+        entries: Vec<crate::layer::Entry>,
+    ) -> anyhow::Result<crate::layer::Layer> {
+        let tmp = self.blobs.join(format!(".tmp-layer-{}", rand_suffix()));
+        let written = (|| {
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let layer = crate::layer::write(entries, &mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let path = self.path(&layer.digest)?;
+            std::fs::rename(&tmp, &path)?;
+            anyhow::Ok(layer)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Moves a file that holds blob `digest` (checked by its producer) into the cache.

@@ -1,4 +1,5 @@
-//! Reproducible image layers and the builder's cache keys, without touching the filesystem.
+//! Reproducible image layers and the builder's cache keys. The only IO is reading the host files that
+//! `Kind::HostFile` entries name (a RUN step's output, downloaded models) while a layer is written.
 //!
 //! A layer is an uncompressed tar whose bytes depend only on its entries: sorted by path, every parent folder
 //! present, timestamps 0, owners as numbers (no user or group names), modes kept to permission bits. Its OCI
@@ -15,6 +16,9 @@ use sha2::Digest as _;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     File(Vec<u8>),
+    /// A file whose content stays on the host until the layer is written (a RUN step's output, a preloaded
+    /// model file), so that layers far larger than memory stream through.
+    HostFile(std::path::PathBuf),
     Dir,
     Symlink(String),
 }
@@ -112,7 +116,7 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
             .any(|(p, _)| p[path.len()..].starts_with('/'))
     };
     for (path, entry) in &by_path {
-        if let Kind::File(_) | Kind::Symlink(_) = entry.kind
+        if let Kind::File(_) | Kind::HostFile(_) | Kind::Symlink(_) = entry.kind
             && has_children(path)
         {
             return Err(invalid(format!(
@@ -129,6 +133,12 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(bytes.len() as u64);
                 builder.append_data(&mut header, path, bytes.as_slice())?;
+            }
+            Kind::HostFile(host) => {
+                let (file, size) = open_host_file(host)?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(size);
+                builder.append_data(&mut header, path, Exactly { file, left: size })?;
             }
             Kind::Dir => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -147,6 +157,58 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
         digest: format!("sha256:{}", hex::encode(hashing.sha.finalize())),
         size: hashing.size,
     })
+}
+
+fn open_host_file(host: &std::path::Path) -> std::io::Result<(std::fs::File, u64)> {
+    let with_path =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", host.display()));
+    let file = std::fs::File::open(host).map_err(with_path)?;
+    let size = file.metadata().map_err(with_path)?.len();
+    Ok((file, size))
+}
+
+/// A host file's first `left` bytes, failing if it ends sooner (it shrank after its size was read into the
+/// tar header, which would otherwise leave a corrupt layer).
+struct Exactly {
+    file: std::fs::File,
+    left: u64,
+}
+
+impl std::io::Read for Exactly {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "a file changed while its layer was written",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Hashes a host file as `entries_hash` hashes the same bytes in memory. One that cannot be read makes the
+/// hash unique (the error and the time go in), so that it matches no cache entry.
+fn hash_host_file(h: &mut blake3::Hasher, host: &std::path::Path) {
+    h.update(&[0]);
+    let hashed = open_host_file(host).and_then(|(file, size)| {
+        h.update(&size.to_le_bytes());
+        h.update_reader(Exactly { file, left: size }).map(|_| ())
+    });
+    if let Err(e) = hashed {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.update(e.to_string().as_bytes());
+        h.update(&now.to_le_bytes());
+    }
 }
 
 /// How much one archive that ADD unpacks may hold: bytes unpacked, entries, and unpacked bytes per byte of the
@@ -312,6 +374,10 @@ pub fn entries_hash(entries: &[Entry]) -> blake3::Hash {
         h.update(&e.gid.to_le_bytes());
         let (tag, body): (u8, &[u8]) = match &e.kind {
             Kind::File(bytes) => (0, bytes),
+            Kind::HostFile(host) => {
+                hash_host_file(&mut h, host);
+                continue;
+            }
             Kind::Dir => (1, &[]),
             Kind::Symlink(target) => (2, target.as_bytes()),
         };
@@ -340,6 +406,33 @@ mod tests {
         let mut out = Vec::new();
         let layer = write(entries, &mut out).unwrap();
         (layer, out)
+    }
+
+    #[test]
+    fn a_host_file_streams_into_the_same_layer_and_hash_as_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("weights.bin");
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&host, &body).unwrap();
+        let entry = |kind: Kind| Entry {
+            path: "models/weights.bin".into(),
+            kind,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+        };
+        let in_memory = vec![entry(Kind::File(body.clone()))];
+        let on_disk = vec![entry(Kind::HostFile(host.clone()))];
+        assert_eq!(layer(in_memory.clone()), layer(on_disk.clone()));
+        assert_eq!(entries_hash(&in_memory), entries_hash(&on_disk));
+        let gone = vec![entry(Kind::HostFile(dir.path().join("gone")))];
+        let err = write(gone.clone(), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("gone"), "{err}");
+        assert_ne!(
+            entries_hash(&gone),
+            entries_hash(&gone),
+            "an unreadable file matches nothing"
+        );
     }
 
     #[test]

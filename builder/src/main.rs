@@ -106,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?,
         };
         runner.remove_leftovers().await;
+        let _ = std::fs::remove_dir_all(config.data_dir.join("downloads"));
         let builder = Builder::new(
             config.data_dir.clone(),
             cluster,

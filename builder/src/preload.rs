@@ -6,7 +6,6 @@
 //! (repo, commit, files) alone, not the image below it, so every Space that preloads the same thing reuses one
 //! layer (same bytes, same digest) without downloading it again.
 
-use std::io::Read as _;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -49,9 +48,10 @@ pub fn repo_folder(repo_id: &str) -> String {
     format!("models--{}", repo_id.replace('/', "--"))
 }
 
-/// The layer's entries (no IO): for each file its blob under `blobs/ETAG` and a relative link under
-/// `snapshots/COMMIT/`, and `refs/REF` holding the commit; every folder from `/home/user` down is the user's.
-pub fn layout(resolved: &Resolved, files: Vec<(String, String, Vec<u8>)>) -> Vec<Entry> {
+/// The layer's entries (no IO): for each file (path, ETag, its content: downloaded files stay on disk) its blob
+/// under `blobs/ETAG` and a relative link under `snapshots/COMMIT/`, and `refs/REF` holding the commit; every
+/// folder from `/home/user` down is the user's.
+pub fn layout(resolved: &Resolved, files: Vec<(String, String, Kind)>) -> Vec<Entry> {
     let root = format!("{HUB_CACHE}/{}", repo_folder(&resolved.repo_id));
     let dir = |path: String| Entry {
         path,
@@ -60,9 +60,9 @@ pub fn layout(resolved: &Resolved, files: Vec<(String, String, Vec<u8>)>) -> Vec
         uid: OWNER,
         gid: OWNER,
     };
-    let file = |path: String, bytes: Vec<u8>| Entry {
+    let file = |path: String, kind: Kind| Entry {
         path,
-        kind: Kind::File(bytes),
+        kind,
         mode: 0o644,
         uid: OWNER,
         gid: OWNER,
@@ -76,7 +76,7 @@ pub fn layout(resolved: &Resolved, files: Vec<(String, String, Vec<u8>)>) -> Vec
         }
     };
     let mut blobs = std::collections::BTreeSet::new();
-    for (path, etag, bytes) in files {
+    for (path, etag, content) in files {
         let blob = format!("{root}/blobs/{etag}");
         let link = format!("{root}/snapshots/{}/{path}", resolved.commit);
         let depth = path.split('/').count() + 1;
@@ -84,7 +84,7 @@ pub fn layout(resolved: &Resolved, files: Vec<(String, String, Vec<u8>)>) -> Vec
         add_folders(&link, &mut folders);
         add_folders(&blob, &mut folders);
         if blobs.insert(etag) {
-            entries.push(file(blob, bytes));
+            entries.push(file(blob, content));
         }
         entries.push(Entry {
             path: link,
@@ -97,7 +97,7 @@ pub fn layout(resolved: &Resolved, files: Vec<(String, String, Vec<u8>)>) -> Vec
     if let Some(reference) = &resolved.reference {
         let path = format!("{root}/refs/{reference}");
         add_folders(&path, &mut folders);
-        entries.push(file(path, resolved.commit.clone().into_bytes()));
+        entries.push(file(path, Kind::File(resolved.commit.clone().into_bytes())));
     }
     entries.extend(folders.into_iter().map(dir));
     entries
@@ -175,7 +175,13 @@ impl Hub {
     }
 
     /// Downloads a file at the commit: its ETag (the LFS sha256 or the git blob id) and bytes.
-    pub fn download(&self, resolved: &Resolved, path: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    /// Downloads one file of the resolved repo into `into`; returns its ETag (the Hub cache's blob name).
+    pub fn download(
+        &self,
+        resolved: &Resolved,
+        path: &str,
+        into: &std::path::Path,
+    ) -> anyhow::Result<String> {
         let url = format!(
             "{}/{}/resolve/{}/{path}",
             self.endpoint, resolved.repo_id, resolved.commit
@@ -192,13 +198,11 @@ impl Hub {
             .or_else(|| header("etag"))
             .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| anyhow!("{url}: no usable ETag"))?;
-        let mut bytes = Vec::new();
-        response
-            .into_body()
-            .into_reader()
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("reading {url}"))?;
-        Ok((etag, bytes))
+        let mut file =
+            std::fs::File::create(into).with_context(|| format!("creating {}", into.display()))?;
+        std::io::copy(&mut response.into_body().into_reader(), &mut file)
+            .with_context(|| format!("reading {url} into {}", into.display()))?;
+        Ok(etag)
     }
 }
 
@@ -221,8 +225,12 @@ mod tests {
         let entries = layout(
             &r,
             vec![
-                ("config.json".into(), "e1".into(), b"{}".to_vec()),
-                ("sub/w.bin".into(), "e2".into(), b"w".to_vec()),
+                (
+                    "config.json".into(),
+                    "e1".into(),
+                    Kind::File(b"{}".to_vec()),
+                ),
+                ("sub/w.bin".into(), "e2".into(), Kind::File(b"w".to_vec())),
             ],
         );
         let root = "home/user/.cache/huggingface/hub/models--acme--tiny";

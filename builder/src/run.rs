@@ -23,7 +23,7 @@ use spacedock_shared::wire::EnvVar;
 
 use crate::build::{Image, Log};
 use crate::cache::Cache;
-use crate::layer::{Entry, Kind};
+use crate::layer::{Entry, Kind, Layer};
 use crate::plan::Step;
 
 /// Where a step's secrets go inside its container.
@@ -203,7 +203,7 @@ pub fn spec(run: &RunSpec) -> anyhow::Result<Spec> {
 }
 
 impl Runner {
-    /// Runs the step on the image; returns the layer's bytes.
+    /// Runs the step on the image; returns its layer, written into the cache.
     pub async fn run(
         &self,
         step: &Step,
@@ -212,7 +212,7 @@ impl Runner {
         (passwd, group): (&str, &str),
         secrets: &[EnvVar],
         log: &Log,
-    ) -> anyhow::Result<Vec<u8>> {
+    ) -> anyhow::Result<Layer> {
         let Step::Run {
             argv,
             env,
@@ -326,11 +326,12 @@ impl Runner {
                 .cloned()
                 .chain([SECRETS_DIR.to_owned(), "run/spacedock".to_owned()])
                 .collect();
-            let entries =
-                tokio::task::spawn_blocking(move || changes(Path::new(&upper), &skip)).await??;
-            let mut bytes = Vec::new();
-            crate::layer::write(entries, &mut bytes)?;
-            anyhow::Ok(bytes)
+            // The upper directory's files are read while the layer is written, before the snapshot goes.
+            let cache = cache.clone();
+            tokio::task::spawn_blocking(move || {
+                cache.write_layer(changes(Path::new(&upper), &skip)?)
+            })
+            .await?
         }
         .await;
         containerd.remove(&id).await;
@@ -429,7 +430,7 @@ fn walk(root: &Path, dir: &Path, skip: &[String], out: &mut Vec<Entry>) -> anyho
             if (rel == "etc/resolv.conf" || rel == "etc/hosts") && meta.len() == 0 {
                 continue;
             }
-            out.push(entry(Kind::File(std::fs::read(&path)?)));
+            out.push(entry(Kind::HostFile(path.clone())));
         } else {
             tracing::warn!(
                 path = rel,
@@ -543,10 +544,27 @@ mod tests {
                 "run"
             ]
         );
+        // Files stay on disk until the layer is written; then their bytes are in it, the secret's are not.
         assert!(
             entries
                 .iter()
-                .all(|e| !matches!(&e.kind, Kind::File(b) if b == b"hush"))
+                .any(|e| e.kind == Kind::HostFile(up.join("app/sub/x.txt")))
         );
+        let mut bytes = Vec::new();
+        crate::layer::write(entries, &mut bytes).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut content = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut content).unwrap();
+            found.push((path, content));
+        }
+        assert!(
+            found.contains(&("app/sub/x.txt".into(), "x".into())),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|(_, c)| c != "hush"), "{found:?}");
     }
 }
