@@ -348,21 +348,39 @@ impl Builder {
         Ok(repo)
     }
 
-    /// Puts the LFS objects' bytes in place of their pointer files.
+    /// Puts the LFS objects in place of their pointer files. They stay on disk (models can be large) in a
+    /// folder the context holds until the build ends, except archives, which ADD may unpack from memory.
     async fn fill_lfs(&self, context: &mut BuildContext) -> anyhow::Result<()> {
-        for (path, oid, size) in context.lfs.clone() {
+        if context.lfs.is_empty() {
+            return Ok(());
+        }
+        let downloads = self.data_dir.join("downloads");
+        std::fs::create_dir_all(&downloads)?;
+        let held = std::sync::Arc::new(tempfile::tempdir_in(&downloads)?);
+        for (i, (path, oid, size)) in context.lfs.clone().into_iter().enumerate() {
             let digest = format!("sha256:{oid}");
             let fetched = self
                 .cluster
                 .fetch(&digest, Some(size))
                 .await
                 .with_context(|| format!("{path}: LFS object {oid}"))?;
-            let bytes = std::fs::read(&fetched)?;
-            let _ = std::fs::remove_file(&fetched);
+            let kept = held.path().join(i.to_string());
+            std::fs::rename(&fetched, &kept)?;
+            let mut head = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::fs::File::open(&kept)?, 512),
+                &mut head,
+            )?;
+            let kind = if crate::layer::is_archive(&head) {
+                Kind::File(std::fs::read(&kept)?)
+            } else {
+                Kind::HostFile(kept)
+            };
             if let Some(entry) = context.entries.iter_mut().find(|e| e.path == path) {
-                entry.kind = Kind::File(bytes);
+                entry.kind = kind;
             }
         }
+        context.held = Some(held);
         context.hash = crate::layer::entries_hash(&context.entries);
         Ok(())
     }
@@ -595,11 +613,10 @@ impl Builder {
                     ),
                     None => (String::new(), String::new()),
                 };
-                let (layer, bytes) =
-                    crate::image::copy_layer(&entries, copy.chown.as_deref(), &passwd, &group)
+                let owned =
+                    crate::image::copy_owned(&entries, copy.chown.as_deref(), &passwd, &group)
                         .map_err(|e| anyhow!(e))?;
-                self.cache.put(&bytes)?;
-                Ok(layer)
+                self.cache.write_layer(owned)
             }
             Step::Copy { entries, chown, .. } => {
                 let (passwd, group) = match chown {
@@ -609,11 +626,9 @@ impl Builder {
                     ),
                     None => (String::new(), String::new()),
                 };
-                let (layer, bytes) =
-                    crate::image::copy_layer(entries, chown.as_deref(), &passwd, &group)
-                        .map_err(|e| anyhow!(e))?;
-                self.cache.put(&bytes)?;
-                Ok(layer)
+                let owned = crate::image::copy_owned(entries, chown.as_deref(), &passwd, &group)
+                    .map_err(|e| anyhow!(e))?;
+                self.cache.write_layer(owned)
             }
             Step::Run { .. } => {
                 let (passwd, group) = (

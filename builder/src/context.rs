@@ -20,6 +20,8 @@ pub struct BuildContext {
     pub lfs: Vec<(String, String, u64)>,
     /// `layer::entries_hash` of the entries.
     pub hash: blake3::Hash,
+    /// The folder of the LFS objects that entries name as host files, removed when the last clone goes.
+    pub held: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 fn git(repo: &Path) -> Command {
@@ -165,7 +167,12 @@ pub fn from_git(repo: &Path, commit: &str) -> anyhow::Result<BuildContext> {
         });
     }
     let hash = entries_hash(&entries);
-    Ok(BuildContext { entries, lfs, hash })
+    Ok(BuildContext {
+        entries,
+        lfs,
+        hash,
+        held: None,
+    })
 }
 
 #[cfg(test)]

@@ -277,14 +277,14 @@ pub fn read_tree<R: std::io::Read>(
     Ok(tree.into_values().collect())
 }
 
-/// The layer a COPY step makes: its entries owned by the `--chown` owners (resolved in the image's own
-/// `/etc/passwd` and `/etc/group`), root otherwise; folders the destination needs are root's, as in Docker.
-pub fn copy_layer(
+/// The entries of a COPY step's layer: owned by the `--chown` owners (resolved in the image's own `/etc/passwd`
+/// and `/etc/group`), root otherwise; folders the destination needs are root's, as in Docker.
+pub fn copy_owned(
     entries: &[crate::layer::Entry],
     chown: Option<&str>,
     passwd: &str,
     group: &str,
-) -> Result<(crate::layer::Layer, Vec<u8>), String> {
+) -> Result<Vec<crate::layer::Entry>, String> {
     let (uid, gid) = match chown {
         Some(spec) => owners(spec, passwd, group)?,
         None => (0, 0),
@@ -297,9 +297,7 @@ pub fn copy_layer(
             ..e.clone()
         })
         .collect();
-    let mut bytes = Vec::new();
-    let layer = crate::layer::write(owned, &mut bytes).map_err(|e| e.to_string())?;
-    Ok((layer, bytes))
+    Ok(owned)
 }
 
 #[cfg(test)]
@@ -399,7 +397,12 @@ mod tests {
             uid: 0,
             gid: 0,
         }];
-        let (layer, bytes) = copy_layer(&entries, Some("user"), PASSWD, GROUP).unwrap();
+        let layer_of = |owned: Vec<Entry>| {
+            let mut bytes = Vec::new();
+            let layer = crate::layer::write(owned, &mut bytes).unwrap();
+            (layer, bytes)
+        };
+        let (layer, bytes) = layer_of(copy_owned(&entries, Some("user"), PASSWD, GROUP).unwrap());
         assert_eq!(layer.digest, digest(&bytes));
         let mut archive = tar::Archive::new(&bytes[..]);
         let owners: Vec<(String, u64)> = archive
@@ -419,11 +422,11 @@ mod tests {
         );
         assert_eq!(owners[0].1, 0, "folders the destination needs are root's");
         assert!(
-            copy_layer(&entries, Some("ghost"), PASSWD, GROUP)
+            copy_owned(&entries, Some("ghost"), PASSWD, GROUP)
                 .unwrap_err()
                 .contains("ghost")
         );
-        let (root, _) = copy_layer(&entries, None, PASSWD, GROUP).unwrap();
+        let (root, _) = layer_of(copy_owned(&entries, None, PASSWD, GROUP).unwrap());
         assert_ne!(root.digest, layer.digest);
     }
 

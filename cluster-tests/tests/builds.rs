@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spacedock_cluster_tests::browser::Browser;
-use spacedock_cluster_tests::git::{clone, commit, git_ok};
+use spacedock_cluster_tests::git::{clone, commit, git_ok, git_with};
 use spacedock_cluster_tests::{
     Agent, ContainersGuard, Coordinator, api, api_bytes, busybox_image, http_get, repo_root, run,
     sse_data, test_flavors_config,
@@ -717,6 +717,75 @@ fn a_build_whose_builder_is_killed_is_taken_by_another() {
     let (status, body) = http_get(&cl.c.api_url, "admin-slow.localhost", "/").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("survived"), "{body}");
+}
+
+#[test]
+fn lfs_files_of_a_docker_space_are_built_with_their_content() {
+    let cl = Cluster::start("lfs", "10.91.5.0/24");
+    let id = "admin/lfs";
+    let repo = cl.space("lfs");
+    // git-lfs's filters, as `git lfs install` writes them, in a user config of the test's own.
+    let global = cl.dir.path().join("gitconfig");
+    std::fs::write(
+        &global,
+        "[filter \"lfs\"]\n\tclean = git-lfs clean -- %f\n\tsmudge = git-lfs smudge -- %f\n\
+         \tprocess = git-lfs filter-process\n\trequired = true\n[lfs]\n\tlocksverify = false\n",
+    )
+    .unwrap();
+    let lfs_ok = |args: &[&str]| {
+        let (ok, text) = git_with(&repo, args, global.to_str().unwrap());
+        assert!(ok, "git {args:?} failed:\n{text}");
+    };
+    lfs_ok(&["lfs", "track", "*.bin", "*.tar.gz"]);
+    // A 3 MiB model file (COPY) and an archive (ADD unpacks it), both stored with git-lfs.
+    let weights = "weights 0123456789\n".repeat(3 << 16);
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(13);
+    header.set_mode(0o644);
+    archive
+        .append_data(&mut header, "vocab.txt", &b"hello, vocab\n"[..])
+        .unwrap();
+    let archive = archive.into_inner().unwrap().finish().unwrap();
+    let dockerfile = "FROM busybox:latest\n\
+                      COPY model.bin /www/model.txt\n\
+                      ADD extra.tar.gz /www/\n\
+                      CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n";
+    for (name, bytes) in [
+        ("README.md", README),
+        ("Dockerfile", dockerfile.as_bytes()),
+        ("model.bin", weights.as_bytes()),
+        ("extra.tar.gz", archive.as_slice()),
+    ] {
+        std::fs::write(repo.join(name), bytes).unwrap();
+    }
+    lfs_ok(&["add", "-A"]);
+    lfs_ok(&["commit", "-q", "-m", "lfs"]);
+    lfs_ok(&["push", "-q", "origin", "HEAD:main"]);
+    let pointer = git_ok(&repo, &["show", "HEAD:model.bin"]);
+    assert!(pointer.starts_with("version https://git-lfs"), "{pointer}");
+    cl.wait_stage(id, "RUNNING", Duration::from_secs(120));
+    let (status, body) = http_get(&cl.c.api_url, "admin-lfs.localhost", "/model.txt").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body == weights,
+        "the model file's content, not its pointer ({} bytes)",
+        body.len()
+    );
+    let (status, body) = http_get(&cl.c.api_url, "admin-lfs.localhost", "/vocab.txt").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello, vocab\n"));
+    // The objects were kept on disk for the build only.
+    let downloads = cl.builder.data_dir.join("downloads");
+    let left = std::fs::read_dir(&downloads).map_or(0, |d| d.count());
+    assert_eq!(
+        left,
+        0,
+        "{} is not empty after the build",
+        downloads.display()
+    );
 }
 
 #[test]
