@@ -807,23 +807,19 @@ impl Builder {
     async fn pull(&self, reference: crate::registry::Reference) -> anyhow::Result<Image> {
         let host = reference.host.clone();
         let mut client = crate::registry::Client::new(reference, &self.registries)?;
-        let pulled = tokio::task::spawn_blocking(move || client.pull())
-            .await?
-            .with_context(|| format!("pulling from {host}"))?;
+        let (cache, downloads) = (self.cache.clone(), self.data_dir.join("downloads"));
+        let pulled = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&downloads)?;
+            let work = tempfile::tempdir_in(&downloads)?;
+            client.pull(&cache, work.path())
+        })
+        .await?
+        .with_context(|| format!("pulling from {host}"))?;
         let settings =
             crate::image::settings_from_config(&pulled.config).map_err(|e| anyhow!(e))?;
         self.cache.put(&pulled.config)?;
-        let mut layers = Vec::new();
-        for (diff_id, bytes) in &pulled.layers {
-            let digest = self.cache.put(bytes)?;
-            debug_assert_eq!(&digest, diff_id);
-            layers.push(Layer {
-                digest,
-                size: bytes.len() as u64,
-            });
-        }
         Ok(Image {
-            layers,
+            layers: pulled.layers,
             settings,
             key: blake3::hash(pulled.config_digest.as_bytes()),
         })

@@ -84,19 +84,32 @@ impl Cache {
 
     /// Writes `entries` as a layer (`layer::write`) straight into the cache, through a file: host files in the
     /// entries stream from disk, so no layer needs to fit in memory.
-    pub fn write_layer(
+    pub fn write_layer(&self, entries: Vec<crate::layer::Entry>) -> anyhow::Result<Layer> {
+        self.through_file(|out| Ok(crate::layer::write(entries, out)?))
+    }
+
+    /// Stores what `reader` gives (an unpacked registry layer) as a blob, streamed through a file.
+    pub fn put_reader(&self, mut reader: impl std::io::Read) -> anyhow::Result<Layer> {
+        self.through_file(|out| {
+            let mut hashing = crate::layer::Hashing::new(out);
+            std::io::copy(&mut reader, &mut hashing)?;
+            Ok(hashing.finish())
+        })
+    }
+
+    /// Runs `write` on a new file in the cache, then files it under the digest `write` reports.
+    fn through_file(
         &self,
-        entries: Vec<crate::layer::Entry>,
-    ) -> anyhow::Result<crate::layer::Layer> {
+        write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<Layer>,
+    ) -> anyhow::Result<Layer> {
         let tmp = self.blobs.join(format!(".tmp-layer-{}", rand_suffix()));
         let written = (|| {
             let file = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let mut out = std::io::BufWriter::new(file);
-            let layer = crate::layer::write(entries, &mut out)?;
+            let layer = write(&mut out)?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            let path = self.path(&layer.digest)?;
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, self.path(&layer.digest)?)?;
             anyhow::Ok(layer)
         })();
         if written.is_err() {

@@ -42,11 +42,28 @@ pub struct Layer {
     pub size: u64,
 }
 
-/// Counts and hashes what passes through.
-struct Hashing<W> {
+/// Counts and hashes what passes through; `finish` names the bytes as a layer.
+pub(crate) struct Hashing<W> {
     inner: W,
     sha: sha2::Sha256,
     size: u64,
+}
+
+impl<W> Hashing<W> {
+    pub(crate) fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            sha: sha2::Sha256::new(),
+            size: 0,
+        }
+    }
+
+    pub(crate) fn finish(self) -> Layer {
+        Layer {
+            digest: format!("sha256:{}", hex::encode(self.sha.finalize())),
+            size: self.size,
+        }
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -102,11 +119,7 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
             gid: 0,
         });
     }
-    let mut builder = tar::Builder::new(Hashing {
-        inner: out,
-        sha: sha2::Sha256::new(),
-        size: 0,
-    });
+    let mut builder = tar::Builder::new(Hashing::new(out));
     // Whether some entry lies under `path`: the paths starting with `path` are one sorted run after it
     // (siblings such as `a-b` and `a.txt` may come before `a/...`).
     let has_children = |path: &str| {
@@ -152,11 +165,7 @@ pub fn write(entries: Vec<Entry>, out: impl Write) -> std::io::Result<Layer> {
             }
         }
     }
-    let hashing = builder.into_inner()?;
-    Ok(Layer {
-        digest: format!("sha256:{}", hex::encode(hashing.sha.finalize())),
-        size: hashing.size,
-    })
+    Ok(builder.into_inner()?.finish())
 }
 
 fn open_host_file(host: &std::path::Path) -> std::io::Result<(std::fs::File, u64)> {

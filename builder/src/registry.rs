@@ -1,9 +1,10 @@
 //! Base images from OCI registries (the distribution API v2), for a `FROM` that names a registry:
 //! `HOST[:PORT]/REPO[:TAG|@DIGEST]` (the first part has a `.` or `:` or is `localhost`; plain names like
 //! `python:3.11` are looked up in the cluster's own image store only). The manifest is fetched (an index picks
-//! linux/amd64), then the config and each layer by digest, every blob checked against its digest; gzip layers
-//! are unpacked and the result must hash to the config's diff id, so the cluster stores them uncompressed like
-//! every other layer. Anonymous, with a bearer token from the registry's token service, or with the username
+//! linux/amd64), then the config and each layer by digest, every blob checked against its digest; gzip and zstd
+//! layers are unpacked and the result must hash to the config's diff id, so the cluster stores them
+//! uncompressed like every other layer. Layers stream through files into the builder's cache, never whole in
+//! memory. Anonymous, with a bearer token from the registry's token service, or with the username
 //! and password the builder's config gives for that host (the password read from a file, never logged).
 
 use std::io::Read as _;
@@ -60,12 +61,12 @@ pub fn parse_reference(name: &str) -> Option<Reference> {
     })
 }
 
-/// The pulled image: its config's bytes and digest, and each layer's uncompressed bytes with its diff id.
+/// The pulled image: its config's bytes and digest, and its layers, uncompressed, in the builder's cache.
 #[derive(Debug)]
 pub struct Pulled {
     pub config: Vec<u8>,
     pub config_digest: String,
-    pub layers: Vec<(String, Vec<u8>)>,
+    pub layers: Vec<crate::layer::Layer>,
 }
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -122,6 +123,18 @@ impl Client {
     }
 
     fn get(&mut self, path: &str, accept: &str) -> anyhow::Result<(String, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let content_type = self.get_to(path, accept, &mut bytes)?;
+        Ok((content_type, bytes))
+    }
+
+    /// `GET /v2/REPO/PATH` with the credentials it needs, the body written to `out`; returns its content type.
+    fn get_to(
+        &mut self,
+        path: &str,
+        accept: &str,
+        out: &mut dyn std::io::Write,
+    ) -> anyhow::Result<String> {
         let url = format!("{}/v2/{}/{path}", self.base, self.reference.repository);
         for _ in 0..2 {
             let mut request = self.agent.get(&url).header("Accept", accept);
@@ -151,13 +164,9 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            let mut bytes = Vec::new();
-            response
-                .body_mut()
-                .as_reader()
-                .read_to_end(&mut bytes)
+            std::io::copy(&mut response.body_mut().as_reader(), out)
                 .with_context(|| format!("reading {url}"))?;
-            return Ok((content_type, bytes));
+            return Ok(content_type);
         }
         bail!("GET {url}: the registry refused the credentials")
     }
@@ -202,20 +211,40 @@ impl Client {
             .ok_or_else(|| anyhow!("the token service {realm} gave no token"))
     }
 
+    /// Blob `digest` into the file `into`, checked against its digest.
+    fn blob_to(&mut self, digest: &str, into: &std::path::Path) -> anyhow::Result<()> {
+        let file =
+            std::fs::File::create(into).with_context(|| format!("creating {}", into.display()))?;
+        let mut out = crate::layer::Hashing::new(std::io::BufWriter::new(file));
+        self.get_to(&format!("blobs/{digest}"), "*/*", &mut out)?;
+        std::io::Write::flush(&mut out)?;
+        self.check(digest, &out.finish().digest)
+    }
+
+    /// A small blob (a config) in memory, checked against its digest.
     fn blob(&mut self, digest: &str) -> anyhow::Result<Vec<u8>> {
         let (_, bytes) = self.get(&format!("blobs/{digest}"), "*/*")?;
-        let got = sha256(&bytes);
+        self.check(digest, &sha256(&bytes))?;
+        Ok(bytes)
+    }
+
+    fn check(&self, digest: &str, got: &str) -> anyhow::Result<()> {
         if got != digest {
             bail!(
                 "blob {digest} from {} hashes to {got}; refused",
                 self.reference.host
             );
         }
-        Ok(bytes)
+        Ok(())
     }
 
-    /// Pulls the image: manifest (an index picks linux/amd64), config, layers unpacked and checked.
-    pub fn pull(&mut self) -> anyhow::Result<Pulled> {
+    /// Pulls the image: manifest (an index picks linux/amd64), config, layers unpacked and checked into
+    /// `cache`; compressed blobs pass through `work`, a folder of the caller's.
+    pub fn pull(
+        &mut self,
+        cache: &crate::cache::Cache,
+        work: &std::path::Path,
+    ) -> anyhow::Result<Pulled> {
         let reference = self.reference.reference.clone();
         let (content_type, bytes) = self.get(&format!("manifests/{reference}"), MANIFEST_TYPES)?;
         let mut manifest: serde_json::Value =
@@ -269,23 +298,29 @@ impl Client {
         for (descriptor, diff_id) in descriptors.iter().zip(diff_ids) {
             let digest = descriptor["digest"].as_str().unwrap_or_default().to_owned();
             let media_type = descriptor["mediaType"].as_str().unwrap_or_default();
-            let blob = self.blob(&digest)?;
-            let bytes = if media_type.ends_with("gzip") || blob.starts_with(&[0x1f, 0x8b]) {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(blob.as_slice())
-                    .read_to_end(&mut out)
-                    .with_context(|| format!("unpacking layer {digest}"))?;
-                out
-            } else if media_type.ends_with("zstd") {
-                bail!("layer {digest} is zstd-compressed, which this builder does not unpack yet");
+            let blob = work.join("layer");
+            self.blob_to(&digest, &blob)?;
+            let mut magic = [0u8; 4];
+            let _ = std::fs::File::open(&blob)?.read(&mut magic)?;
+            let file = std::io::BufReader::new(std::fs::File::open(&blob)?);
+            let unpacked = if media_type.ends_with("gzip") || magic.starts_with(&[0x1f, 0x8b]) {
+                cache.put_reader(flate2::read::GzDecoder::new(file))
+            } else if media_type.ends_with("zstd") || magic == [0x28, 0xb5, 0x2f, 0xfd] {
+                let decoder =
+                    ruzstd::decoding::StreamingDecoder::new(file).map_err(|e| anyhow!("{e}"))?;
+                cache.put_reader(decoder)
             } else {
-                blob
+                cache.put_reader(file)
             };
-            let got = sha256(&bytes);
-            if got != diff_id {
-                bail!("layer {digest} unpacks to {got}, but the config says {diff_id}; refused");
+            let _ = std::fs::remove_file(&blob);
+            let layer = unpacked.with_context(|| format!("unpacking layer {digest}"))?;
+            if layer.digest != diff_id {
+                bail!(
+                    "layer {digest} unpacks to {}, but the config says {diff_id}; refused",
+                    layer.digest
+                );
             }
-            layers.push((diff_id, bytes));
+            layers.push(layer);
         }
         Ok(Pulled {
             config,

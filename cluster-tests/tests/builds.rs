@@ -562,6 +562,29 @@ gr.Interface(fn=echo, inputs="text", outputs="text", title=f"Echo {weights}").la
         "{body}"
     );
 
+    // A requirement pip cannot find fails the build at the pip step, with pip's own words.
+    let bad = cl.space("badpip");
+    commit(
+        &bad,
+        &[
+            (
+                "README.md",
+                b"---\ntitle: Bad\nsdk: gradio\nsdk_version: 4.44.1\n---\n",
+            ),
+            ("app.py", b"print('never runs')\n"),
+            ("requirements.txt", b"spacedock-no-such-package==0.0.1\n"),
+        ],
+        "bad requirement",
+    );
+    git_ok(&bad, &["push", "-q", "origin", "HEAD:main"]);
+    let runtime = cl.wait_stage("admin/badpip", "BUILD_ERROR", Duration::from_secs(300));
+    let message = runtime["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("requirements.txt"), "{message}");
+    assert!(
+        message.contains("No matching distribution found for spacedock-no-such-package"),
+        "{message}"
+    );
+
     // A second Space with the same preload and requirements: the preload layer is the same blob, and
     // only its own app layer is made.
     let repo2 = cl.space("echo2");
@@ -721,7 +744,7 @@ fn a_build_whose_builder_is_killed_is_taken_by_another() {
 
 #[test]
 fn lfs_files_of_a_docker_space_are_built_with_their_content() {
-    let cl = Cluster::start("lfs", "10.91.5.0/24");
+    let cl = Cluster::start("lfs", "10.91.6.0/24");
     let id = "admin/lfs";
     let repo = cl.space("lfs");
     // git-lfs's filters, as `git lfs install` writes them, in a user config of the test's own.
@@ -895,17 +918,29 @@ impl Registry {
     }
 
     /// Pushes a one-layer image (the layer gzip-compressed) as `repo:tag`.
-    fn push(&self, repo: &str, tag: &str, config: &[u8], layer: &[u8]) {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, layer).unwrap();
-        let gz = gz.finish().unwrap();
+    /// Pushes a one-layer image, its layer compressed with gzip or, with `zstd`, zstd.
+    fn push(&self, repo: &str, tag: &str, config: &[u8], layer: &[u8], zstd: bool) {
+        let (packed, media_type) = if zstd {
+            let packed = ruzstd::encoding::compress_to_vec(
+                layer,
+                ruzstd::encoding::CompressionLevel::Fastest,
+            );
+            (packed, "application/vnd.oci.image.layer.v1.tar+zstd")
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, layer).unwrap();
+            (
+                gz.finish().unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        };
         let config_digest = self.blob(repo, config);
-        let layer_digest = self.blob(repo, &gz);
+        let layer_digest = self.blob(repo, &packed);
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
-            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len() }],
+            "layers": [{ "mediaType": media_type, "digest": layer_digest, "size": packed.len() }],
         });
         ureq::put(&format!("http://{}/v2/{repo}/manifests/{tag}", self.addr))
             .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
@@ -933,46 +968,41 @@ fn a_base_image_comes_from_an_oci_registry() {
             _ => 0,
         };
     }
-    registry.push("library/busybox", "1", &config, &layer);
+    registry.push("library/busybox", "1", &config, &layer, false);
+    registry.push("library/busybox", "zst", &config, &layer, true);
 
-    let repo = cl.space("pulled");
-    let dockerfile = format!(
-        "FROM {}/library/busybox:1\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n",
-        registry.addr
-    );
-    commit(
-        &repo,
-        &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
-        "from a registry",
-    );
-    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
-    cl.wait_stage("admin/pulled", "RUNNING", Duration::from_secs(120));
+    // Pushes Space `name` built FROM the registry's busybox at `tag`; returns its id.
+    let from_registry = |name: &str, tag: &str| {
+        let repo = cl.space(name);
+        let dockerfile = format!(
+            "FROM {}/library/busybox:{tag}\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n",
+            registry.addr
+        );
+        commit(
+            &repo,
+            &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
+            "from a registry",
+        );
+        git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
+        format!("admin/{name}")
+    };
+    let id = from_registry("pulled", "1");
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(120));
     let (status, body) = http_get(&cl.c.api_url, "admin-pulled.localhost", "/").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("from the registry"), "{body}");
-    // The layer is stored uncompressed, as its diff id.
-    let (_, layers) = cl.image("admin/pulled");
-    assert_eq!(
-        layers,
-        [format!(
-            "sha256:{}",
-            hex::encode(sha2::Sha256::digest(&layer))
-        )]
-    );
+    // The layer is stored uncompressed, as its diff id; the same image with its layer in zstd unpacks to the
+    // same bytes.
+    let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)));
+    assert_eq!(cl.image(&id).1, std::slice::from_ref(&diff_id));
+    let id = from_registry("zstd", "zst");
+    cl.wait_stage(&id, "RUNNING", Duration::from_secs(120));
+    assert_eq!(cl.image(&id).1, [diff_id]);
+    assert!(cl.build_log(&id).contains("busybox:zst"));
 
     // A tag the registry does not have is a BUILD_ERROR naming the FROM line and the registry.
-    let repo = cl.space("nopull");
-    let dockerfile = format!(
-        "FROM {}/library/busybox:nope\nCMD [\"true\"]\n",
-        registry.addr
-    );
-    commit(
-        &repo,
-        &[("README.md", README), ("Dockerfile", dockerfile.as_bytes())],
-        "missing tag",
-    );
-    git_ok(&repo, &["push", "-q", "origin", "HEAD:main"]);
-    let runtime = cl.wait_stage("admin/nopull", "BUILD_ERROR", Duration::from_secs(60));
+    let id = from_registry("nopull", "nope");
+    let runtime = cl.wait_stage(&id, "BUILD_ERROR", Duration::from_secs(60));
     let message = runtime["errorMessage"].as_str().unwrap_or_default();
     assert!(message.contains("Dockerfile:1 FROM"), "{message}");
     assert!(
