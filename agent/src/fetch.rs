@@ -2,8 +2,11 @@
 //! one); a builder's upload is acknowledged once a quorum holds it; `ask` sends one request (a builder's base
 //! image lookup). Bytes go to `DATA_DIR/partial/HEX`, hashed as they arrive; a cut transfer resumes from the bytes
 //! already there (even after an agent restart). The whole file must hash to the sha256 digest and have the
-//! image's size before it is used; a file that does not is deleted.
+//! image's size before it is used; a file that does not is deleted. Fetches of one digest take turns, and each
+//! caller gets a file of its own (`HEX.N`, renamed from the finished download), so that two allocations or
+//! builds needing the same blob never write or consume each other's file.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +32,12 @@ pub struct Fetcher {
     role: Role,
     name: String,
     dir: PathBuf,
+    /// One lock per digest being fetched.
+    busy: std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
+
+/// Numbers the files handed to callers.
+static HANDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Fetcher {
     pub fn new(
@@ -41,6 +49,13 @@ impl Fetcher {
     ) -> anyhow::Result<Fetcher> {
         let dir = data_dir.join("partial");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Files handed to callers of an earlier process that stopped before using them; downloads in
+        // progress (`HEX`) stay, to be resumed.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().contains('.') {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Fetcher {
             endpoint: quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))?,
             client_config: tls::client_config(identity)?,
@@ -48,6 +63,7 @@ impl Fetcher {
             role,
             name: name.to_owned(),
             dir,
+            busy: Default::default(),
         })
     }
 
@@ -58,6 +74,26 @@ impl Fetcher {
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| anyhow!("`{digest}` is not a sha256 digest"))?;
+        let lock = {
+            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            busy.entry(hex.to_owned()).or_default().clone()
+        };
+        let turn = lock.lock().await;
+        let fetched = self.fetch_own(digest, hex, size).await;
+        drop(turn);
+        drop(lock);
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+        fetched
+    }
+
+    /// `fetch` for the caller holding the digest's turn.
+    async fn fetch_own(
+        &self,
+        digest: &str,
+        hex: &str,
+        size: Option<u64>,
+    ) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(hex);
         let got = self.fetch_resuming(digest, &path).await?;
         if got != digest {
@@ -71,7 +107,11 @@ impl Fetcher {
             let _ = std::fs::remove_file(&path);
             bail!("{digest} has {len} bytes, its image says {size}");
         }
-        Ok(path)
+        let n = HANDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let own = self.dir.join(format!("{hex}.{}.{n}", std::process::id()));
+        std::fs::rename(&path, &own)
+            .with_context(|| format!("moving {} to {}", path.display(), own.display()))?;
+        Ok(own)
     }
 
     /// Appends to the file from what it already holds (hashing that first), hashing as bytes arrive; returns
@@ -360,6 +400,31 @@ mod tests {
             "resumed at {}",
             offsets[1]
         );
+    }
+
+    #[tokio::test]
+    async fn fetches_of_one_blob_at_once_each_get_a_whole_file_of_their_own() {
+        let ca = ClusterCa::generate("fetch-test").unwrap();
+        let bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+        let (addr, _) = server(&ca, bytes.clone(), 500_000).await;
+        let dir = tempfile::tempdir().unwrap();
+        let first = fetcher(&ca, addr, dir.path());
+        let wanted = digest(&bytes);
+        let size = Some(bytes.len() as u64);
+        let (a, b) = tokio::join!(first.fetch(&wanted, size), first.fetch(&wanted, size));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap(), bytes);
+        std::fs::remove_file(&a).unwrap();
+        assert_eq!(
+            std::fs::read(&b).unwrap(),
+            bytes,
+            "the other caller's file is whole"
+        );
+        // A later start clears files handed out but never used, and keeps nothing else.
+        drop(first);
+        let _again = fetcher(&ca, String::new(), dir.path());
+        assert!(!b.exists());
     }
 
     #[tokio::test]
