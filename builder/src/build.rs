@@ -599,7 +599,11 @@ impl Builder {
                     .get(&from.to_ascii_lowercase())
                     .ok_or_else(|| anyhow!("--from={from}: not built"))?;
                 let files = self.layer_files(source)?;
-                let tree = crate::image::read_tree(files, &copy.sources)?;
+                // The copied files wait on disk until the layer is written.
+                let downloads = self.data_dir.join("downloads");
+                std::fs::create_dir_all(&downloads)?;
+                let spill = tempfile::tempdir_in(&downloads)?;
+                let tree = crate::image::read_tree(files, &copy.sources, Some(spill.path()))?;
                 let settings = Settings {
                     workdir: workdir.clone(),
                     ..Settings::default()

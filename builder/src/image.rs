@@ -185,10 +185,12 @@ pub fn read_file<R: std::io::Read>(layers: Vec<R>, path: &str) -> std::io::Resul
 
 /// The files and links of an image (uncompressed layers, base first) under any of `sources` (paths in the
 /// image, `/` or `.` for all), after OCI whiteouts: what `COPY --from` picks from. Folders are implied by
-/// their contents; hard links become copies of their target.
+/// their contents; hard links become copies of their target. With `spill`, files are written there and stay
+/// on disk (`Kind::HostFile`) instead of in memory.
 pub fn read_tree<R: std::io::Read>(
     layers: Vec<R>,
     sources: &[String],
+    spill: Option<&std::path::Path>,
 ) -> std::io::Result<Vec<crate::layer::Entry>> {
     use crate::layer::{Entry, Kind};
     let prefixes: Vec<String> = sources
@@ -202,6 +204,7 @@ pub fn read_tree<R: std::io::Read>(
             .any(|p| p.is_empty() || path == p || path.starts_with(&format!("{p}/")))
     };
     let mut tree: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut spilled = 0u64;
     for layer in layers {
         let mut archive = tar::Archive::new(layer);
         let mut added: Vec<Entry> = Vec::new();
@@ -233,11 +236,19 @@ pub fn read_tree<R: std::io::Read>(
                         header.gid()? as u32,
                     );
                     let kind = match header.entry_type() {
-                        t if t.is_file() => {
-                            let mut bytes = Vec::new();
-                            std::io::Read::read_to_end(&mut entry, &mut bytes)?;
-                            Some(Kind::File(bytes))
-                        }
+                        t if t.is_file() => Some(match spill {
+                            Some(dir) => {
+                                spilled += 1;
+                                let path = dir.join(spilled.to_string());
+                                std::io::copy(&mut entry, &mut std::fs::File::create(&path)?)?;
+                                Kind::HostFile(path)
+                            }
+                            None => {
+                                let mut bytes = Vec::new();
+                                std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+                                Kind::File(bytes)
+                            }
+                        }),
                         t if t.is_symlink() => entry
                             .link_name()?
                             .map(|l| Kind::Symlink(l.to_string_lossy().into_owned())),
@@ -379,11 +390,28 @@ mod tests {
             ("out/old/y", "y"),
             ("out/b.txt", "b"),
         ]);
-        let tree = read_tree(vec![&base[..], &top[..]], &["/out/".to_owned()]).unwrap();
+        let tree = read_tree(vec![&base[..], &top[..]], &["/out/".to_owned()], None).unwrap();
         let paths: Vec<&str> = tree.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["out/b.txt", "out/old/y"]);
         assert_eq!(tree[0].uid, 7, "owners are kept");
-        let all = read_tree(vec![&base[..], &top[..]], &[".".to_owned()]).unwrap();
+        let all = read_tree(vec![&base[..], &top[..]], &[".".to_owned()], None).unwrap();
+        // Spilled to disk, the same files are host files with the same bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let spilled = read_tree(
+            vec![&base[..], &top[..]],
+            &[".".to_owned()],
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(spilled.len(), all.len());
+        for (memory, disk) in all.iter().zip(&spilled) {
+            match (&memory.kind, &disk.kind) {
+                (crate::layer::Kind::File(bytes), crate::layer::Kind::HostFile(path)) => {
+                    assert_eq!(&std::fs::read(path).unwrap(), bytes)
+                }
+                (a, b) => assert_eq!(a, b),
+            }
+        }
         assert!(all.iter().any(|e| e.path == "etc/motd"));
     }
 
