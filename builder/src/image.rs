@@ -184,8 +184,8 @@ pub fn read_file<R: std::io::Read>(layers: Vec<R>, path: &str) -> std::io::Resul
 }
 
 /// The files and links of an image (uncompressed layers, base first) under any of `sources` (paths in the
-/// image, `/` or `.` for all), after OCI whiteouts: what `COPY --from` picks from. Folders are implied by
-/// their contents; hard links become copies of their target. With `spill`, files are written there and stay
+/// image, `/` or `.` for all), after OCI whiteouts: what `COPY --from` picks from. Folders are entries too
+/// (so empty ones are copied); hard links become copies of their target. With `spill`, files are written there and stay
 /// on disk (`Kind::HostFile`) instead of in memory.
 pub fn read_tree<R: std::io::Read>(
     layers: Vec<R>,
@@ -228,7 +228,7 @@ pub fn read_tree<R: std::io::Read>(
                     },
                     false,
                 )),
-                None if wanted(&path) => {
+                None if wanted(&path) && !path.is_empty() => {
                     let header = entry.header();
                     let (mode, uid, gid) = (
                         header.mode()? & 0o7777,
@@ -249,6 +249,7 @@ pub fn read_tree<R: std::io::Read>(
                                 Kind::File(bytes)
                             }
                         }),
+                        t if t.is_dir() => Some(Kind::Dir),
                         t if t.is_symlink() => entry
                             .link_name()?
                             .map(|l| Kind::Symlink(l.to_string_lossy().into_owned())),
@@ -392,8 +393,8 @@ mod tests {
         ]);
         let tree = read_tree(vec![&base[..], &top[..]], &["/out/".to_owned()], None).unwrap();
         let paths: Vec<&str> = tree.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["out/b.txt", "out/old/y"]);
-        assert_eq!(tree[0].uid, 7, "owners are kept");
+        assert_eq!(paths, ["out", "out/b.txt", "out/old", "out/old/y"]);
+        assert_eq!(tree[1].uid, 7, "owners are kept");
         let all = read_tree(vec![&base[..], &top[..]], &[".".to_owned()], None).unwrap();
         // Spilled to disk, the same files are host files with the same bytes.
         let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::dockerfile::{Command, Copy, Instruction, Problem, SecretMount, Stage};
-use crate::layer::{Entry, entries_hash, step_key};
+use crate::layer::{Entry, Kind, entries_hash, step_key};
 
 /// What an image says about running it, as the stage goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -122,8 +122,11 @@ fn select<'a>(context: &'a [Entry], source: &str) -> Result<Vec<(&'a Entry, Stri
         return select_matching(context, source, clean.trim_start_matches('/'));
     }
     let rel = clean.trim_start_matches('/');
-    if let Some(file) = context.iter().find(|e| e.path == rel) {
-        let name = rel.rsplit('/').next().unwrap_or(rel).to_owned();
+    let name = rel.rsplit('/').next().unwrap_or(rel).to_owned();
+    // A folder (an image's `COPY --from` has folder entries; a build context has none) gives its contents,
+    // or itself when it is empty.
+    let exact = context.iter().find(|e| e.path == rel);
+    if let Some(file) = exact.filter(|e| e.kind != Kind::Dir) {
         return Ok(vec![(file, name)]);
     }
     let prefix = if rel.is_empty() {
@@ -139,10 +142,11 @@ fn select<'a>(context: &'a [Entry], source: &str) -> Result<Vec<(&'a Entry, Stri
                 .map(|inner| (e, inner.to_owned()))
         })
         .collect();
-    if under.is_empty() {
-        return Err(format!("`{source}` is not in the build context"));
+    match exact {
+        _ if !under.is_empty() => Ok(under),
+        Some(folder) => Ok(vec![(folder, name)]),
+        None => Err(format!("`{source}` is not in the build context")),
     }
-    Ok(under)
 }
 
 /// The context entries a wildcard source names (`*` and `?` stay within one path segment, as in Docker): each
@@ -160,9 +164,10 @@ fn select_matching<'a>(
     let mut picked = Vec::new();
     for entry in context {
         let parts: Vec<&str> = entry.path.split('/').collect();
-        // The shortest matching ancestor (or the entry itself) decides where it lands.
+        // The shortest matching ancestor (or the entry itself) decides where it lands; a matching folder
+        // gives its contents, not itself.
         let hit = (1..=parts.len()).find(|n| matcher.is_match(parts[..*n].join("/")));
-        if let Some(n) = hit {
+        if let Some(n) = hit.filter(|n| *n < parts.len() || entry.kind != Kind::Dir) {
             let inner = if n == parts.len() {
                 parts[n - 1].to_owned()
             } else {
@@ -560,6 +565,47 @@ mod tests {
         let err = copied("FROM b\nCOPY *.rs /x/\n").unwrap_err();
         assert!(err.message.contains("matches nothing"), "{}", err.message);
         assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn an_images_folders_give_their_contents_and_empty_ones_are_kept() {
+        let dir = |path: &str| Entry {
+            path: path.into(),
+            kind: Kind::Dir,
+            mode: 0o750,
+            uid: 0,
+            gid: 0,
+        };
+        let tree = vec![
+            dir("out"),
+            file("out/a.txt", "a"),
+            dir("out/empty"),
+            dir("lone"),
+        ];
+        let copied_from = |line: &str| {
+            let parsed = parse(&format!("FROM b\n{line}\n")).unwrap();
+            let Instruction::Copy(copy) = &parsed.stages[0].instructions[0].1 else {
+                panic!("not a COPY")
+            };
+            let entries =
+                copy_entries(copy, &tree, &Settings::default(), &BTreeMap::new()).unwrap();
+            let mut found: Vec<(String, bool)> = entries
+                .into_iter()
+                .map(|e| (e.path, e.kind == Kind::Dir))
+                .collect();
+            found.sort();
+            found
+        };
+        let www = [
+            ("www/a.txt".to_owned(), false),
+            ("www/empty".to_owned(), true),
+        ];
+        assert_eq!(copied_from("COPY --from=x /out /www"), www);
+        assert_eq!(copied_from("COPY --from=x /o* /www/"), www);
+        assert_eq!(
+            copied_from("COPY --from=x /lone /x"),
+            [("x".to_owned(), true)]
+        );
     }
 
     #[test]

@@ -817,11 +817,12 @@ fn a_multi_stage_dockerfile_copies_from_an_earlier_stage_and_skips_unused_ones()
     let id = "admin/stages";
     let repo = cl.space("stages");
     let dockerfile = "FROM busybox:latest AS build\n\
-                      RUN mkdir -p /out && echo 'made in stage one' > /out/page.html && echo junk > /junk.txt\n\
+                      RUN mkdir -p /out/empty && echo 'made in stage one' > /out/page.html && echo junk > /junk.txt\n\
                       FROM busybox:latest AS unused\n\
                       RUN exit 1\n\
                       FROM busybox:latest\n\
                       COPY --from=build /out/page.html /www/index.html\n\
+                      COPY --from=build /out /site\n\
                       CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8000\", \"-h\", \"/www\"]\n";
     commit(
         &repo,
@@ -833,12 +834,19 @@ fn a_multi_stage_dockerfile_copies_from_an_earlier_stage_and_skips_unused_ones()
     let (status, body) = http_get(&cl.c.api_url, "admin-stages.localhost", "/").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("made in stage one"), "{body}");
-    // The last stage is the base and the copied file: the first stage's RUN layer is not in it.
+    // The last stage is the base and the copied files: the first stage's RUN layer is not in it. A copied
+    // folder keeps its empty folder.
     let (_, layers) = cl.image(id);
-    assert_eq!(layers.len(), 2, "{layers:?}");
-    let copied = layer_files(&cl.blob(&layers[1]));
-    let paths: Vec<&str> = copied.iter().map(|(p, _, _)| p.as_str()).collect();
-    assert_eq!(paths, ["www/", "www/index.html"]);
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    let paths = |layer: &str| -> Vec<String> {
+        let files = layer_files(&cl.blob(layer));
+        files.into_iter().map(|(p, _, _)| p).collect()
+    };
+    assert_eq!(paths(&layers[1]), ["www/", "www/index.html"]);
+    assert_eq!(
+        paths(&layers[2]),
+        ["site/", "site/empty/", "site/page.html"]
+    );
     let log = cl.build_log(id);
     assert!(
         log.contains("stage 0 (build): FROM busybox:latest"),
