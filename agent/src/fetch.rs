@@ -57,7 +57,7 @@ impl Fetcher {
             }
         }
         Ok(Fetcher {
-            endpoint: quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))?,
+            endpoint: tls::client_endpoint()?,
             client_config: tls::client_config(identity)?,
             targets,
             role,

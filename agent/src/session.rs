@@ -32,8 +32,7 @@ pub async fn run(
     mut reports: mpsc::UnboundedReceiver<AllocationStatus>,
     xids: Arc<inventory::XidCounts>,
 ) -> anyhow::Result<()> {
-    let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-        .context("QUIC client endpoint")?;
+    let endpoint = tls::client_endpoint().context("QUIC client endpoint")?;
     let client_config = tls::client_config(identity)?;
     let mut targets: Vec<String> = config.join.clone();
     let mut attempt = 0u32;

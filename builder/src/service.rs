@@ -67,8 +67,7 @@ pub async fn run(
     concurrency: u32,
     builder: Arc<Builder>,
 ) -> anyhow::Result<()> {
-    let endpoint = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-        .context("QUIC client endpoint")?;
+    let endpoint = tls::client_endpoint().context("QUIC client endpoint")?;
     let client_config = tls::client_config(identity)?;
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
     let link = Link {

@@ -83,8 +83,7 @@ pub async fn run(
         } else {
             let token = join_token
                 .ok_or_else(|| anyhow::anyhow!("joining needs a join token (`--token`)"))?;
-            let client = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-                .context("QUIC client endpoint")?;
+            let client = tls::client_endpoint().context("QUIC client endpoint")?;
             let request = JoinRequest {
                 token,
                 role: wire::Role::Coordinator,
@@ -111,7 +110,7 @@ pub async fn run(
     }
     let identity = load_identity(&dir.tls())?;
 
-    let endpoint = quinn::Endpoint::server(tls::server_config(&identity)?, config.quic_listen)
+    let endpoint = tls::endpoint(config.quic_listen, Some(tls::server_config(&identity)?))
         .with_context(|| format!("binding QUIC on {}", config.quic_listen))?;
     let handle_cell: Arc<OnceLock<NodeHandle>> = Arc::new(OnceLock::new());
     let resolver_cell = handle_cell.clone();

@@ -90,8 +90,7 @@ pub async fn load_or_join(
     }
     let token = token(token_flag, token_file)?
         .ok_or_else(|| anyhow!("the first start needs a join token (--token or token_file)"))?;
-    let client = quinn::Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-        .context("QUIC client endpoint")?;
+    let client = crate::tls::client_endpoint().context("QUIC client endpoint")?;
     let request = JoinRequest {
         token: token.clone(),
         role,

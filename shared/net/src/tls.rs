@@ -292,6 +292,39 @@ pub fn parse_join_token(token: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// Socket buffers the cluster's QUIC sockets ask for: bulk transfers (blobs, packs) arrive in bursts, and each
+/// datagram dropped for want of buffer space costs a congestion-control backoff. The kernel caps them at
+/// `net.core.rmem_max` and `net.core.wmem_max`.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// A QUIC endpoint on `addr` (a server when `server` is given) whose UDP socket has `SOCKET_BUFFER_BYTES` of
+/// buffer each way, as far as the kernel allows.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, only slower under bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        runtime,
+    )
+}
+
+/// A client endpoint on an ephemeral port (`endpoint` with no server).
+pub fn client_endpoint() -> std::io::Result<quinn::Endpoint> {
+    endpoint(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), None)
+}
+
 fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
