@@ -348,6 +348,7 @@ impl Runner {
                         Ok(code) => format!("exited with code {code}"),
                         Err(e) => format!("lost track of the container: {e}"),
                     };
+                    containerd.delete_task(&a.id).await;
                     return Err(with_tail(&code, &dir.join("run.log")));
                 }
                 _ = stop.changed() => return Ok(()),

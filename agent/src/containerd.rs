@@ -412,6 +412,18 @@ impl Containerd {
 
     /// Deletes the task, the container and its snapshot, whatever is left of them.
     pub async fn remove(&self, id: &str) {
+        self.delete_task(id).await;
+        let _ = self
+            .client
+            .containers()
+            .delete(self.request(DeleteContainerRequest { id: id.to_owned() }))
+            .await;
+        self.remove_snapshot(id).await;
+    }
+
+    /// Deletes the task of an exited container. The shim finishes copying the process's output into its log
+    /// file first, so the log is whole once this returns (its exit event can come before the last bytes).
+    pub async fn delete_task(&self, id: &str) {
         let _ = self
             .client
             .tasks()
@@ -419,12 +431,6 @@ impl Containerd {
                 container_id: id.to_owned(),
             }))
             .await;
-        let _ = self
-            .client
-            .containers()
-            .delete(self.request(DeleteContainerRequest { id: id.to_owned() }))
-            .await;
-        self.remove_snapshot(id).await;
     }
 
     async fn remove_snapshot(&self, key: &str) {

@@ -310,6 +310,7 @@ impl Runner {
                     }
                 }
             };
+            containerd.delete_task(&id).await;
             stream_output(&output, offset, log, true);
             if code != 0 {
                 bail!("`{}` exited with code {code}", argv.join(" "));
