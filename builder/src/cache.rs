@@ -3,7 +3,6 @@
 //! naming the layer the step made. Using a blob touches it; past the size budget the least recently used blobs
 //! are removed, and a step whose layer is gone is a miss.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -71,15 +70,7 @@ impl Cache {
             touch(&path);
             return Ok(digest);
         }
-        let tmp = self
-            .blobs
-            .join(format!(".tmp-{}-{}", &digest[7..19], rand_suffix()));
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(digest)
+        Ok(self.put_reader(bytes)?.digest)
     }
 
     /// Writes `entries` as a layer (`layer::write`) straight into the cache, through a file: host files in the

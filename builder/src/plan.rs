@@ -570,11 +570,8 @@ mod tests {
     #[test]
     fn an_images_folders_give_their_contents_and_empty_ones_are_kept() {
         let dir = |path: &str| Entry {
-            path: path.into(),
             kind: Kind::Dir,
-            mode: 0o750,
-            uid: 0,
-            gid: 0,
+            ..file(path, "")
         };
         let tree = vec![
             dir("out"),

@@ -124,12 +124,7 @@ impl Hub {
         let response = request.call().map_err(|e| anyhow!("GET {url}: {e}"))?;
         let status = response.status().as_u16();
         if status >= 400 {
-            let reason = response
-                .headers()
-                .get("x-error-message")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let reason = crate::registry::header(&response, "x-error-message");
             bail!("GET {url}: HTTP {status} {reason}");
         }
         Ok(response)
@@ -187,15 +182,13 @@ impl Hub {
             self.endpoint, resolved.repo_id, resolved.commit
         );
         let response = self.get(&url)?;
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim_start_matches("W/").trim_matches('"').to_owned())
+        let etag_in = |name: &str| {
+            let value = crate::registry::header(&response, name);
+            value.trim_start_matches("W/").trim_matches('"').to_owned()
         };
-        let etag = header("x-linked-etag")
-            .or_else(|| header("etag"))
+        let etag = Some(etag_in("x-linked-etag"))
+            .filter(|e| !e.is_empty())
+            .or_else(|| Some(etag_in("etag")))
             .filter(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| anyhow!("{url}: no usable ETag"))?;
         let mut file =

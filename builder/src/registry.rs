@@ -146,24 +146,14 @@ impl Client {
             let mut response = request.call().map_err(|e| anyhow!("GET {url}: {e}"))?;
             let status = response.status().as_u16();
             if status == 401 && self.token.is_none() {
-                let challenge = response
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let challenge = header(&response, "www-authenticate");
                 self.token = Some(self.bearer_token(&challenge)?);
                 continue;
             }
             if status >= 400 {
                 bail!("GET {url}: HTTP {status}");
             }
-            let content_type = response
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let content_type = header(&response, "content-type");
             std::io::copy(&mut response.body_mut().as_reader(), out)
                 .with_context(|| format!("reading {url}"))?;
             return Ok(content_type);
@@ -328,6 +318,16 @@ impl Client {
             layers,
         })
     }
+}
+
+/// A response header's value as text ("" when it is missing or not text).
+pub(crate) fn header<B>(response: &ureq::http::Response<B>, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn basic(user: &str, password: &str) -> String {

@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         println!("FAIL: NVML found no GPU: {}", inv.gpu_note);
         return ExitCode::FAILURE;
     };
-    let mut written = None;
+    let mut _written = None;
     match cdi::load(&cdi::CDI_DIRS) {
         Ok(specs) if !specs.is_empty() => {
             let sources: Vec<&str> = specs.iter().map(|s| s.source.as_str()).collect();
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             println!(
                 "== no CDI spec on this machine; wrote a minimal one to {WRITTEN_SPEC}:\n{spec:#}"
             );
-            written = Some(WRITTEN_SPEC);
+            _written = Some(RemoveOnDrop(WRITTEN_SPEC));
         }
         Ok(_) => {
             println!(
@@ -93,9 +93,6 @@ fn main() -> ExitCode {
         }
     }
     let failures = check_spaces(dir.path(), &gpu);
-    if let Some(path) = written {
-        let _ = std::fs::remove_file(path);
-    }
     if failures.is_empty() {
         println!(
             "== PASS: the GPU Space saw exactly {} and the CPU Space saw none",
@@ -107,6 +104,16 @@ fn main() -> ExitCode {
             println!("FAIL: {f}");
         }
         ExitCode::FAILURE
+    }
+}
+
+/// Removes the CDI spec the check wrote when the check ends, even by a panic: left behind, it would be the
+/// machine's spec for its agents.
+struct RemoveOnDrop(&'static str);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
     }
 }
 
