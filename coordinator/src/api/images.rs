@@ -155,7 +155,7 @@ pub(super) async fn receive_blob(
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
             let writer = tokio::task::spawn_blocking(move || {
                 while let Some(chunk) = rx.blocking_recv() {
-                    blob.write(&chunk)?;
+                    blob.write(chunk)?;
                 }
                 Ok::<_, std::io::Error>(blob)
             });
@@ -306,7 +306,7 @@ pub(crate) async fn check_image(
     if blobs.store.len(&manifest_digest).is_none() {
         let mut writer = blobs.store.writer(&manifest_digest).map_err(internal)?;
         writer
-            .write(&manifest_bytes)
+            .write(manifest_bytes.into())
             .map_err(|e| internal(e.into()))?;
         writer.finish().map_err(internal)?;
     }
