@@ -57,6 +57,60 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A handler that answers without reading its body (here an LFS verify with a bad signature) keeps the
+/// connection usable when the body comes after the headers: the next request on it is answered. (Before, hyper
+/// closed such a connection, and huggingface_hub's pooled httpx connection failed its next request.)
+#[test]
+fn a_late_small_body_keeps_the_connection() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::bootstrap(dir.path());
+    let mut s = std::net::TcpStream::connect(c.api_url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let oid = "a".repeat(64);
+    let body = format!(r#"{{"oid":"{oid}","size":5}}"#);
+    write!(
+        s,
+        "POST /api/lfs/verify/{oid}?op=verify&repo=x&size=5&exp=1&sig=00 HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    s.write_all(body.as_bytes()).unwrap();
+    let read_head = |s: &mut std::net::TcpStream| {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut byte).unwrap(),
+                1,
+                "the connection closed: {got:?}"
+            );
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut rest = vec![0u8; length];
+        s.read_exact(&mut rest).unwrap();
+        head
+    };
+    let first = read_head(&mut s);
+    assert!(first.starts_with("HTTP/1.1 403"), "{first}");
+    s.write_all(b"GET /api/whoami-v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let second = read_head(&mut s);
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+}
+
 #[test]
 fn api_conventions() {
     let dir = tempfile::tempdir().unwrap();

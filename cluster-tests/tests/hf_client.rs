@@ -16,13 +16,17 @@ fn scenario(script: &str, env: &[(&str, &str)]) -> (Coordinator, String, tempfil
     ];
     all.extend_from_slice(env);
     let r = run_python(script, &all);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "{script} failed:\n{}\n{}",
-        r.stdout,
-        r.stderr
-    );
+    if r.code != Some(0) {
+        let log = coordinator.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{script} failed:\n{}\n{}\nthe coordinator's log ends:\n{}",
+            r.stdout,
+            r.stderr,
+            tail.join("\n")
+        );
+    }
     assert!(
         r.stdout.contains("checks passed with huggingface_hub"),
         "{}",

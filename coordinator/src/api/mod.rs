@@ -100,11 +100,36 @@ pub fn router(api: Api) -> Router {
         .merge(lfs::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(read_small_body))
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             ingress::route,
         ))
         .with_state(api)
+}
+
+/// Bodies up to this many bytes are read in full before the handler runs.
+const SMALL_BODY_BYTES: u64 = 64 * 1024;
+
+/// Reads a small request body (a `Content-Length` up to [`SMALL_BODY_BYTES`]) in full before the handler runs.
+/// A handler that answers without reading its body (LFS verify, a refusal) would otherwise leave hyper to close
+/// the connection whenever the body arrived after the headers, and a client that keeps connections in a pool
+/// (httpx in huggingface_hub) then fails its next request with "Server disconnected without sending a
+/// response". Larger bodies are uploads, which their handlers stream.
+async fn read_small_body(request: Request, next: axum::middleware::Next) -> Response {
+    let small = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > 0 && n <= SMALL_BODY_BYTES);
+    if !small {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, SMALL_BODY_BYTES as usize).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Err(e) => ApiError::bad_request(format!("the request body broke off: {e}")).into_response(),
+    }
 }
 
 /// An error response: status, stable code, message.
