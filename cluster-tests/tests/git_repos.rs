@@ -385,6 +385,82 @@ fn an_acknowledged_push_survives_the_leaders_kill() {
     assert_eq!(head(&from_third), sha);
 }
 
+/// An LFS upload to a 3-coordinator cluster is passed on to a peer while it arrives: once acknowledged, a
+/// quorum holds it; an upload whose bytes do not match its oid is refused and no coordinator keeps anything.
+#[test]
+fn an_lfs_upload_is_on_a_quorum_when_acknowledged_and_a_bad_one_nowhere() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let c1 = Coordinator::bootstrap(dir.path());
+    let admin = c1.admin_token();
+    let c2 = Coordinator::join(dir.path(), 2, &c1, &admin);
+    let c3 = Coordinator::join(dir.path(), 3, &c1, &admin);
+    create(&c1, &admin, json!({ "name": "big" }));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    // Asks the batch API for an upload URL, PUTs `bytes` to it; returns the status.
+    let upload = |oid: &str, bytes: &[u8]| {
+        let batch: Value = agent
+            .post(&format!(
+                "{}/admin/big.git/info/lfs/objects/batch",
+                c1.api_url
+            ))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .send_json(
+                json!({ "operation": "upload", "objects": [{ "oid": oid, "size": bytes.len() }] }),
+            )
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let href = batch["objects"][0]["actions"]["upload"]["href"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no upload action: {batch}"))
+            .to_owned();
+        agent.put(&href).send(bytes).unwrap().status().as_u16()
+    };
+    let holding = |oid: &str| {
+        [&c1, &c2, &c3]
+            .iter()
+            .filter(|c| c.data_dir.join(format!("blobs/sha256/{oid}.b3")).exists())
+            .count()
+    };
+    // Over 4 MiB, so the sha256 runs on its own thread too.
+    let bytes: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let oid = hex::encode(sha2::Sha256::digest(&bytes));
+    assert_eq!(upload(&oid, &bytes), 200);
+    assert!(
+        holding(&oid) >= 2,
+        "acknowledged on {} coordinators",
+        holding(&oid)
+    );
+
+    let mut wrong = bytes.clone();
+    wrong[3 << 20] ^= 1;
+    let claimed = hex::encode(sha2::Sha256::digest(&wrong[1..]));
+    let status = upload(&claimed, &wrong);
+    assert!(
+        (400..500).contains(&status),
+        "a mismatched upload answered {status}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(holding(&claimed), 0, "a mismatched upload was kept");
+    for c in [&c1, &c2, &c3] {
+        let tmp = c.data_dir.join("blobs/tmp");
+        assert_eq!(
+            files_under(&tmp),
+            0,
+            "coordinator {} left files in {}",
+            c.id,
+            tmp.display()
+        );
+    }
+}
+
 #[test]
 fn git_lfs_pushes_and_fetches_large_files() {
     let dir = tempfile::tempdir().unwrap();

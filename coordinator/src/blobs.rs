@@ -338,12 +338,11 @@ impl BlobWriter {
     pub fn finish(mut self) -> anyhow::Result<u64> {
         let sha = std::mem::replace(&mut self.sha, Sha::Inline(sha2::Sha256::new()));
         let flushed = self.flusher.take().map_or(Ok(()), Flusher::finish);
-        let result = sha.finish().and_then(|sha| {
+        sha.finish().and_then(|sha| {
             flushed.context("writing the blob out")?;
             self.commit(&format!("sha256:{}", hex::encode(sha)))
-        });
-        let _ = std::fs::remove_file(&self.tmp);
-        result
+        })
+        // Dropping `self` removes the temporary file if it was not moved in place.
     }
 
     fn commit(&self, got: &str) -> anyhow::Result<u64> {
@@ -367,6 +366,13 @@ impl BlobWriter {
             std::fs::File::open(dir)?.sync_all()?;
         }
         Ok(self.written)
+    }
+}
+
+/// A writer dropped before it finished (an upload cut off, a push reset) leaves nothing behind.
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -467,6 +473,65 @@ impl Flusher {
     }
 }
 
+/// A blob pushed to peers while it is received ([`Blobs::tee`]), so that a quorum holds it about when this
+/// coordinator does rather than one copy after the other. Each peer checks the bytes against the digest itself.
+#[derive(Debug)]
+pub struct Tee {
+    size: u64,
+    sent: u64,
+    pushes: Vec<(u64, quinn::SendStream, FramedReader<quinn::RecvStream>)>,
+}
+
+impl Tee {
+    /// Passes the next bytes on to every peer; a peer that fails is dropped (its copy is made later).
+    pub async fn send(&mut self, bytes: &Bytes) {
+        self.sent += bytes.len() as u64;
+        if self.sent > self.size {
+            self.abort();
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.pushes.len());
+        for (peer, mut tx, rx) in self.pushes.drain(..) {
+            match tx.write_chunk(bytes.clone()).await {
+                Ok(()) => kept.push((peer, tx, rx)),
+                Err(e) => tracing::warn!(peer, error = %e, "a blob push broke off"),
+            }
+        }
+        self.pushes = kept;
+    }
+
+    /// Ends the pushes and waits for the peers' answers; returns the peers that stored the blob.
+    pub async fn finish(mut self) -> Vec<u64> {
+        if self.sent != self.size {
+            self.abort();
+        }
+        let mut stored = Vec::new();
+        for (peer, mut tx, mut rx) in self.pushes.drain(..) {
+            let answer = async {
+                tx.finish()?;
+                match rx.recv().await? {
+                    Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
+                    Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
+                    other => Err(anyhow!("unexpected answer to a blob push: {other:?}")),
+                }
+            };
+            match tokio::time::timeout(PEER_TIMEOUT, answer).await {
+                Ok(Ok(())) => stored.push(peer),
+                Ok(Err(e)) => tracing::warn!(peer, error = %format!("{e:#}"), "a blob push failed"),
+                Err(_) => tracing::warn!(peer, "a blob push got no answer within {PEER_TIMEOUT:?}"),
+            }
+        }
+        stored
+    }
+
+    /// Cuts every push off (the peers keep nothing).
+    pub fn abort(&mut self) {
+        for (_, mut tx, _) in self.pushes.drain(..) {
+            let _ = tx.reset(0u32.into());
+        }
+    }
+}
+
 /// The store and its replication across coordinators.
 #[derive(Debug, Clone)]
 pub struct Blobs {
@@ -490,10 +555,21 @@ impl Blobs {
     /// it. Only as many pushes as a quorum needs run at first (the next peer takes over from one that fails),
     /// so the acknowledgement does not wait on bandwidth spent on the rest; those follow in the background.
     pub async fn replicate(self: &Arc<Self>, digest: &str) -> anyhow::Result<usize> {
-        let others = self.other_members();
-        let members = others.len() + 1;
+        self.replicate_after(digest, &[]).await
+    }
+
+    /// [`Blobs::replicate`] when the peers `held_by` already hold the blob (a [`Tee`] gave it to them).
+    pub async fn replicate_after(
+        self: &Arc<Self>,
+        digest: &str,
+        held_by: &[u64],
+    ) -> anyhow::Result<usize> {
+        let all = self.other_members();
+        let members = all.len() + 1;
         let quorum = members / 2 + 1;
-        let need = quorum - 1;
+        let held = all.iter().filter(|p| held_by.contains(p)).count();
+        let need = (quorum - 1).saturating_sub(held);
+        let others: Vec<u64> = all.into_iter().filter(|p| !held_by.contains(p)).collect();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let start = |peer: u64| {
             let blobs = self.clone();
@@ -518,7 +594,7 @@ impl Blobs {
             if running == 0 {
                 bail!(
                     "only {} of {members} coordinators hold {digest}, a quorum needs {quorum}: {}",
-                    ok + 1,
+                    held + ok + 1,
                     failures.join("; ")
                 );
             }
@@ -540,7 +616,42 @@ impl Blobs {
         for peer in waiting {
             start(peer);
         }
-        Ok(ok + 1)
+        Ok(held + ok + 1)
+    }
+
+    /// Starts pushing blob `digest` of `size` bytes to as many peers as a quorum needs, to be fed the bytes as
+    /// this coordinator receives them; a peer that cannot be reached is left out (and [`Blobs::replicate_after`]
+    /// makes up for it once the blob is stored here).
+    pub async fn tee(&self, digest: &str, size: u64) -> Tee {
+        let mut tee = Tee {
+            size,
+            sent: 0,
+            pushes: Vec::new(),
+        };
+        let Some(peers) = &self.peers else {
+            return tee;
+        };
+        let others = self.other_members();
+        let members = others.len() + 1;
+        let quorum = members / 2 + 1;
+        for peer in others.into_iter().take(quorum - 1) {
+            let opened = async {
+                let (mut tx, rx) = peers.open(peer).await?;
+                let put = BlobPut {
+                    digest: digest.to_owned(),
+                    size,
+                };
+                send(&mut tx, &put.into()).await?;
+                anyhow::Ok((tx, rx))
+            };
+            match opened.await {
+                Ok((tx, rx)) => tee.pushes.push((peer, tx, rx)),
+                Err(e) => {
+                    tracing::warn!(peer, digest, error = %format!("{e:#}"), "could not start a blob push")
+                }
+            }
+        }
+        tee
     }
 
     async fn push(&self, peer: u64, digest: &str) -> anyhow::Result<()> {

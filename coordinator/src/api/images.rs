@@ -110,7 +110,10 @@ async fn upload_blob(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_blob_request(&api, &headers, &digest).await?;
-    let (size, copies) = receive_blob(&api, &digest, body, false).await?;
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (size, copies) = receive_blob(&api, &digest, body, length, false).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "digest": digest, "size": size, "copies": copies })),
@@ -120,18 +123,20 @@ async fn upload_blob(
 
 /// Stores an uploaded blob and replicates it to a quorum; returns its size and how many coordinators hold it.
 /// A blob the store already has is not written again; with `prove` its upload must still hash to the digest
-/// (the uploader shows it has the bytes, not only their digest).
+/// (the uploader shows it has the bytes, not only their digest). When its `length` is known, a new blob goes
+/// to a quorum's peers as it arrives ([`crate::blobs::Tee`]).
 pub(super) async fn receive_blob(
     api: &Api,
     digest: &str,
     body: Body,
+    length: Option<u64>,
     prove: bool,
 ) -> Result<(u64, usize), ApiError> {
     let broke =
         |e: axum::Error| ApiError::bad_request(format!("the upload of {digest} broke off: {e}"));
     let mut stream = body.into_data_stream();
-    let size = match api.blobs.store.len(digest) {
-        Some(size) if !prove => size,
+    let (size, held) = match api.blobs.store.len(digest) {
+        Some(size) if !prove => (size, Vec::new()),
         Some(size) => {
             use sha2::Digest as _;
             let mut sha = sha2::Sha256::new();
@@ -147,11 +152,16 @@ pub(super) async fn receive_blob(
                     "the bytes do not match their digest: expected {digest}, got {hashed} ({got} bytes)"
                 )));
             }
-            size
+            (size, Vec::new())
         }
         None => {
-            // Hashing and writing run on a thread of their own while this task keeps receiving.
+            // Hashing and writing run on a thread of their own while this task keeps receiving and passes the
+            // bytes on to peers.
             let mut blob = api.blobs.store.writer(digest).map_err(internal)?;
+            let mut tee = match length {
+                Some(length) => Some(api.blobs.tee(digest, length).await),
+                None => None,
+            };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
             let writer = tokio::task::spawn_blocking(move || {
                 while let Some(chunk) = rx.blocking_recv() {
@@ -163,6 +173,9 @@ pub(super) async fn receive_blob(
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(chunk) => {
+                        if let Some(tee) = &mut tee {
+                            tee.send(&chunk).await;
+                        }
                         if tx.send(chunk).await.is_err() {
                             break; // the writer failed; its error is below
                         }
@@ -174,16 +187,31 @@ pub(super) async fn receive_blob(
                 }
             }
             drop(tx);
-            let blob = writer
-                .await
-                .map_err(|e| internal(e.into()))?
-                .map_err(|e| internal(e.into()))?;
-            received?;
-            blob.finish()
-                .map_err(|e| ApiError::bad_request(format!("{e:#}")))?
+            let stored = match writer.await {
+                Ok(Ok(blob)) => received.and_then(|()| {
+                    blob.finish()
+                        .map_err(|e| ApiError::bad_request(format!("{e:#}")))
+                }),
+                Ok(Err(e)) => Err(internal(e.into())),
+                Err(e) => Err(internal(e.into())),
+            };
+            match (stored, tee) {
+                (Ok(size), Some(tee)) => (size, tee.finish().await),
+                (Ok(size), None) => (size, Vec::new()),
+                (Err(e), tee) => {
+                    if let Some(mut tee) = tee {
+                        tee.abort();
+                    }
+                    return Err(e);
+                }
+            }
         }
     };
-    let copies = api.blobs.replicate(digest).await.map_err(unavailable)?;
+    let copies = api
+        .blobs
+        .replicate_after(digest, &held)
+        .await
+        .map_err(unavailable)?;
     Ok((size, copies))
 }
 

@@ -219,7 +219,7 @@ async fn upload(
     check_grant(&api, &grant, "upload", &oid).map_err(lfs_error)?;
     let (kind, id) = repo_of(&api, &grant.repo).await.map_err(lfs_error)?;
     let digest = format!("sha256:{oid}");
-    let (size, _) = super::images::receive_blob(&api, &digest, body, true)
+    let (size, _) = super::images::receive_blob(&api, &digest, body, Some(grant.size), true)
         .await
         .map_err(lfs_error)?;
     if size != grant.size {
