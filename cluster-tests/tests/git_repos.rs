@@ -385,53 +385,63 @@ fn an_acknowledged_push_survives_the_leaders_kill() {
     assert_eq!(head(&from_third), sha);
 }
 
+/// Three coordinators and the admin's model repo `admin/big` on them; returns them and the admin's token.
+fn three_with_big_repo(dir: &Path) -> ([Coordinator; 3], String) {
+    let c1 = Coordinator::bootstrap(dir);
+    let admin = c1.admin_token();
+    let c2 = Coordinator::join(dir, 2, &c1, &admin);
+    let c3 = Coordinator::join(dir, 3, &c1, &admin);
+    create(&c1, &admin, json!({ "name": "big" }));
+    ([c1, c2, c3], admin)
+}
+
+/// `mib` MiB of bytes made from `seed`, and their sha256.
+fn lfs_bytes(mib: u32, seed: u32) -> (Vec<u8>, String) {
+    use sha2::Digest as _;
+    let bytes: Vec<u8> = (0..mib << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> seed) as u8)
+        .collect();
+    let oid = hex::encode(sha2::Sha256::digest(&bytes));
+    (bytes, oid)
+}
+
+/// The upload URL the batch API of `c` hands out for an object of `admin/big`.
+fn lfs_upload_href(c: &Coordinator, admin: &str, oid: &str, size: usize) -> String {
+    let batch = api(
+        &c.api_url,
+        admin,
+        "POST",
+        "/admin/big.git/info/lfs/objects/batch",
+        Some(json!({ "operation": "upload", "objects": [{ "oid": oid, "size": size }] })),
+    )
+    .unwrap();
+    batch["objects"][0]["actions"]["upload"]["href"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no upload action: {batch}"))
+        .to_owned()
+}
+
 /// An LFS upload to a 3-coordinator cluster is passed on to a peer while it arrives: once acknowledged, a
 /// quorum holds it; an upload whose bytes do not match its oid is refused and no coordinator keeps anything.
 #[test]
 fn an_lfs_upload_is_on_a_quorum_when_acknowledged_and_a_bad_one_nowhere() {
-    use sha2::Digest as _;
     let dir = tempfile::tempdir().unwrap();
-    let c1 = Coordinator::bootstrap(dir.path());
-    let admin = c1.admin_token();
-    let c2 = Coordinator::join(dir.path(), 2, &c1, &admin);
-    let c3 = Coordinator::join(dir.path(), 3, &c1, &admin);
-    create(&c1, &admin, json!({ "name": "big" }));
+    let (cs, admin) = three_with_big_repo(dir.path());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    // Asks the batch API for an upload URL, PUTs `bytes` to it; returns the status.
     let upload = |oid: &str, bytes: &[u8]| {
-        let batch: Value = agent
-            .post(&format!(
-                "{}/admin/big.git/info/lfs/objects/batch",
-                c1.api_url
-            ))
-            .header("Authorization", &format!("Bearer {admin}"))
-            .send_json(
-                json!({ "operation": "upload", "objects": [{ "oid": oid, "size": bytes.len() }] }),
-            )
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        let href = batch["objects"][0]["actions"]["upload"]["href"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no upload action: {batch}"))
-            .to_owned();
+        let href = lfs_upload_href(&cs[0], &admin, oid, bytes.len());
         agent.put(&href).send(bytes).unwrap().status().as_u16()
     };
     let holding = |oid: &str| {
-        [&c1, &c2, &c3]
-            .iter()
+        cs.iter()
             .filter(|c| c.data_dir.join(format!("blobs/sha256/{oid}.b3")).exists())
             .count()
     };
     // Over 4 MiB, so the sha256 runs on its own thread too.
-    let bytes: Vec<u8> = (0..6u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let oid = hex::encode(sha2::Sha256::digest(&bytes));
+    let (bytes, oid) = lfs_bytes(6, 13);
     assert_eq!(upload(&oid, &bytes), 200);
     assert!(
         holding(&oid) >= 2,
@@ -439,17 +449,16 @@ fn an_lfs_upload_is_on_a_quorum_when_acknowledged_and_a_bad_one_nowhere() {
         holding(&oid)
     );
 
-    let mut wrong = bytes.clone();
-    wrong[3 << 20] ^= 1;
-    let claimed = hex::encode(sha2::Sha256::digest(&wrong[1..]));
-    let status = upload(&claimed, &wrong);
+    // Bytes that are not the claimed object's.
+    let (_, claimed) = lfs_bytes(6, 7);
+    let status = upload(&claimed, &bytes);
     assert!(
         (400..500).contains(&status),
         "a mismatched upload answered {status}"
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(holding(&claimed), 0, "a mismatched upload was kept");
-    for c in [&c1, &c2, &c3] {
+    for c in &cs {
         let tmp = c.data_dir.join("blobs/tmp");
         assert_eq!(
             files_under(&tmp),
@@ -457,6 +466,65 @@ fn an_lfs_upload_is_on_a_quorum_when_acknowledged_and_a_bad_one_nowhere() {
             "coordinator {} left files in {}",
             c.id,
             tmp.display()
+        );
+    }
+}
+
+/// A peer that stops taking an upload's bytes mid-way (here: stopped with SIGSTOP) does not hold the upload up:
+/// the leader leaves it out (once its QUIC connection times out, or after it took nothing for 30 s) and the
+/// third coordinator takes the copy.
+#[test]
+fn a_stuck_peer_does_not_hold_an_lfs_upload_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ([c1, c2, c3], admin) = three_with_big_repo(dir.path());
+    let (bytes, oid) = lfs_bytes(96, 11);
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let href = lfs_upload_href(&c1, &admin, &oid, bytes.len());
+    // 96 MiB at 16 MiB/s: the first peer (coordinator 2) is stopped a second in, with most still to come.
+    let started = Instant::now();
+    let upload = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--limit-rate",
+            "16M",
+            "-T",
+        ])
+        .arg(&file)
+        .arg(&href)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = c2.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    let out = upload.wait_with_output().unwrap();
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the upload with a peer stopped"
+    );
+    assert!(took < Duration::from_secs(90), "the upload took {took:?}");
+    for c in [&c1, &c3] {
+        assert!(
+            c.data_dir.join(format!("blobs/sha256/{oid}.b3")).exists(),
+            "coordinator {} does not hold the acknowledged upload",
+            c.id
         );
     }
 }

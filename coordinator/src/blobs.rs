@@ -24,6 +24,8 @@ use crate::node::NodeHandle;
 use crate::peer::Peers;
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a [`Tee`] waits for a peer to take the next piece of an upload before it leaves that peer out.
+const TEE_STALL: Duration = Duration::from_secs(30);
 
 /// The hex part of a `sha256:HEX` digest, checked.
 pub fn digest_hex(digest: &str) -> anyhow::Result<&str> {
@@ -480,10 +482,20 @@ pub struct Tee {
     size: u64,
     sent: u64,
     pushes: Vec<(u64, quinn::SendStream, FramedReader<quinn::RecvStream>)>,
+    /// Peers whose push could not start or broke off.
+    lost: Vec<u64>,
+}
+
+/// What a [`Tee`] achieved: the peers that stored the blob, and those whose push failed.
+#[derive(Debug, Default)]
+pub struct TeeOutcome {
+    pub stored: Vec<u64>,
+    pub lost: Vec<u64>,
 }
 
 impl Tee {
-    /// Passes the next bytes on to every peer; a peer that fails is dropped (its copy is made later).
+    /// Passes the next bytes on to every peer; a peer that fails, or takes nothing for [`TEE_STALL`], is
+    /// dropped (its copy is made later), so a stuck peer cannot hold the upload up.
     pub async fn send(&mut self, bytes: &Bytes) {
         self.sent += bytes.len() as u64;
         if self.sent > self.size {
@@ -492,16 +504,24 @@ impl Tee {
         }
         let mut kept = Vec::with_capacity(self.pushes.len());
         for (peer, mut tx, rx) in self.pushes.drain(..) {
-            match tx.write_chunk(bytes.clone()).await {
-                Ok(()) => kept.push((peer, tx, rx)),
-                Err(e) => tracing::warn!(peer, error = %e, "a blob push broke off"),
+            match tokio::time::timeout(TEE_STALL, tx.write_chunk(bytes.clone())).await {
+                Ok(Ok(())) => kept.push((peer, tx, rx)),
+                Ok(Err(e)) => {
+                    tracing::warn!(peer, error = %e, "a blob push broke off");
+                    self.lost.push(peer);
+                }
+                Err(_) => {
+                    tracing::warn!(peer, "a blob push took nothing for {TEE_STALL:?}; dropped");
+                    let _ = tx.reset(0u32.into());
+                    self.lost.push(peer);
+                }
             }
         }
         self.pushes = kept;
     }
 
-    /// Ends the pushes and waits for the peers' answers; returns the peers that stored the blob.
-    pub async fn finish(mut self) -> Vec<u64> {
+    /// Ends the pushes and waits for the peers' answers.
+    pub async fn finish(mut self) -> TeeOutcome {
         if self.sent != self.size {
             self.abort();
         }
@@ -517,11 +537,20 @@ impl Tee {
             };
             match tokio::time::timeout(PEER_TIMEOUT, answer).await {
                 Ok(Ok(())) => stored.push(peer),
-                Ok(Err(e)) => tracing::warn!(peer, error = %format!("{e:#}"), "a blob push failed"),
-                Err(_) => tracing::warn!(peer, "a blob push got no answer within {PEER_TIMEOUT:?}"),
+                Ok(Err(e)) => {
+                    tracing::warn!(peer, error = %format!("{e:#}"), "a blob push failed");
+                    self.lost.push(peer);
+                }
+                Err(_) => {
+                    tracing::warn!(peer, "a blob push got no answer within {PEER_TIMEOUT:?}");
+                    self.lost.push(peer);
+                }
             }
         }
-        stored
+        TeeOutcome {
+            stored,
+            lost: std::mem::take(&mut self.lost),
+        }
     }
 
     /// Cuts every push off (the peers keep nothing).
@@ -555,21 +584,26 @@ impl Blobs {
     /// it. Only as many pushes as a quorum needs run at first (the next peer takes over from one that fails),
     /// so the acknowledgement does not wait on bandwidth spent on the rest; those follow in the background.
     pub async fn replicate(self: &Arc<Self>, digest: &str) -> anyhow::Result<usize> {
-        self.replicate_after(digest, &[]).await
+        self.replicate_after(digest, &TeeOutcome::default()).await
     }
 
-    /// [`Blobs::replicate`] when the peers `held_by` already hold the blob (a [`Tee`] gave it to them).
+    /// [`Blobs::replicate`] after a [`Tee`]: the peers that stored the blob count, and those it lost are
+    /// tried last.
     pub async fn replicate_after(
         self: &Arc<Self>,
         digest: &str,
-        held_by: &[u64],
+        tee: &TeeOutcome,
     ) -> anyhow::Result<usize> {
         let all = self.other_members();
         let members = all.len() + 1;
         let quorum = members / 2 + 1;
-        let held = all.iter().filter(|p| held_by.contains(p)).count();
+        let held = all.iter().filter(|p| tee.stored.contains(p)).count();
         let need = (quorum - 1).saturating_sub(held);
-        let others: Vec<u64> = all.into_iter().filter(|p| !held_by.contains(p)).collect();
+        let (lost, mut others): (Vec<u64>, Vec<u64>) = all
+            .into_iter()
+            .filter(|p| !tee.stored.contains(p))
+            .partition(|p| tee.lost.contains(p));
+        others.extend(lost);
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let start = |peer: u64| {
             let blobs = self.clone();
@@ -627,6 +661,7 @@ impl Blobs {
             size,
             sent: 0,
             pushes: Vec::new(),
+            lost: Vec::new(),
         };
         let Some(peers) = &self.peers else {
             return tee;
@@ -647,7 +682,8 @@ impl Blobs {
             match opened.await {
                 Ok((tx, rx)) => tee.pushes.push((peer, tx, rx)),
                 Err(e) => {
-                    tracing::warn!(peer, digest, error = %format!("{e:#}"), "could not start a blob push")
+                    tracing::warn!(peer, digest, error = %format!("{e:#}"), "could not start a blob push");
+                    tee.lost.push(peer);
                 }
             }
         }

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio_stream::StreamExt as _;
 
 use super::{Api, ApiError, Json, iso8601};
-use crate::blobs::digest_hex;
+use crate::blobs::{TeeOutcome, digest_hex};
 
 /// Default `startupTimeout` in seconds (the Hub's default `startup_duration_timeout`, 30 minutes).
 const DEFAULT_STARTUP_TIMEOUT_S: u64 = 30 * 60;
@@ -135,8 +135,8 @@ pub(super) async fn receive_blob(
     let broke =
         |e: axum::Error| ApiError::bad_request(format!("the upload of {digest} broke off: {e}"));
     let mut stream = body.into_data_stream();
-    let (size, held) = match api.blobs.store.len(digest) {
-        Some(size) if !prove => (size, Vec::new()),
+    let (size, tee) = match api.blobs.store.len(digest) {
+        Some(size) if !prove => (size, TeeOutcome::default()),
         Some(size) => {
             use sha2::Digest as _;
             let mut sha = sha2::Sha256::new();
@@ -152,7 +152,7 @@ pub(super) async fn receive_blob(
                     "the bytes do not match their digest: expected {digest}, got {hashed} ({got} bytes)"
                 )));
             }
-            (size, Vec::new())
+            (size, TeeOutcome::default())
         }
         None => {
             // Hashing and writing run on a thread of their own while this task keeps receiving and passes the
@@ -197,7 +197,7 @@ pub(super) async fn receive_blob(
             };
             match (stored, tee) {
                 (Ok(size), Some(tee)) => (size, tee.finish().await),
-                (Ok(size), None) => (size, Vec::new()),
+                (Ok(size), None) => (size, TeeOutcome::default()),
                 (Err(e), tee) => {
                     if let Some(mut tee) = tee {
                         tee.abort();
@@ -209,7 +209,7 @@ pub(super) async fn receive_blob(
     };
     let copies = api
         .blobs
-        .replicate_after(digest, &held)
+        .replicate_after(digest, &tee)
         .await
         .map_err(unavailable)?;
     Ok((size, copies))
