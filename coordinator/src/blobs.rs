@@ -529,11 +529,7 @@ impl Tee {
         for (peer, mut tx, mut rx) in self.pushes.drain(..) {
             let answer = async {
                 tx.finish()?;
-                match rx.recv().await? {
-                    Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
-                    Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
-                    other => Err(anyhow!("unexpected answer to a blob push: {other:?}")),
-                }
+                stored_answer(&mut rx).await
             };
             match tokio::time::timeout(PEER_TIMEOUT, answer).await {
                 Ok(Ok(())) => stored.push(peer),
@@ -558,6 +554,36 @@ impl Tee {
         for (_, mut tx, _) in self.pushes.drain(..) {
             let _ = tx.reset(0u32.into());
         }
+    }
+}
+
+/// How many of `members` coordinators make a quorum.
+fn quorum(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// Opens a push of blob `digest` of `size` bytes to `peer`; the raw bytes follow on the stream.
+async fn start_push(
+    peers: &Peers,
+    peer: u64,
+    digest: &str,
+    size: u64,
+) -> anyhow::Result<(quinn::SendStream, FramedReader<quinn::RecvStream>)> {
+    let (mut tx, rx) = peers.open(peer).await?;
+    let put = BlobPut {
+        digest: digest.to_owned(),
+        size,
+    };
+    send(&mut tx, &put.into()).await?;
+    Ok((tx, rx))
+}
+
+/// A peer's answer to a push: `Ok` once it stored the blob.
+async fn stored_answer(rx: &mut FramedReader<quinn::RecvStream>) -> anyhow::Result<()> {
+    match rx.recv().await? {
+        Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
+        Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
+        other => Err(anyhow!("unexpected answer to a blob push: {other:?}")),
     }
 }
 
@@ -596,7 +622,7 @@ impl Blobs {
     ) -> anyhow::Result<usize> {
         let all = self.other_members();
         let members = all.len() + 1;
-        let quorum = members / 2 + 1;
+        let quorum = quorum(members);
         let held = all.iter().filter(|p| tee.stored.contains(p)).count();
         let need = (quorum - 1).saturating_sub(held);
         let (lost, mut others): (Vec<u64>, Vec<u64>) = all
@@ -667,19 +693,9 @@ impl Blobs {
             return tee;
         };
         let others = self.other_members();
-        let members = others.len() + 1;
-        let quorum = members / 2 + 1;
-        for peer in others.into_iter().take(quorum - 1) {
-            let opened = async {
-                let (mut tx, rx) = peers.open(peer).await?;
-                let put = BlobPut {
-                    digest: digest.to_owned(),
-                    size,
-                };
-                send(&mut tx, &put.into()).await?;
-                anyhow::Ok((tx, rx))
-            };
-            match opened.await {
+        let need = quorum(others.len() + 1) - 1;
+        for peer in others.into_iter().take(need) {
+            match start_push(peers, peer, digest, size).await {
                 Ok((tx, rx)) => tee.pushes.push((peer, tx, rx)),
                 Err(e) => {
                     tracing::warn!(peer, digest, error = %format!("{e:#}"), "could not start a blob push");
@@ -695,18 +711,9 @@ impl Blobs {
         // The receiver checks the bytes against the digest before it keeps them.
         let (mut file, size) = self.store.open_unchecked(digest, 0).await?;
         let work = async {
-            let (mut tx, mut rx) = peers.open(peer).await?;
-            let put = BlobPut {
-                digest: digest.to_owned(),
-                size,
-            };
-            send(&mut tx, &put.into()).await?;
+            let (mut tx, mut rx) = start_push(peers, peer, digest, size).await?;
             send_raw(&mut tx, &mut file, size).await?;
-            match rx.recv().await? {
-                Some(wire::Message::BlobStored(s)) if s.ok => Ok(()),
-                Some(wire::Message::BlobStored(s)) => Err(anyhow!("{}", s.message)),
-                other => Err(anyhow!("unexpected answer to a blob push: {other:?}")),
-            }
+            stored_answer(&mut rx).await
         };
         tokio::time::timeout(PEER_TIMEOUT, work)
             .await
